@@ -1,0 +1,1 @@
+"""Input pipeline: tf.data on CPU, feeding numpy batches to JAX."""

@@ -1,0 +1,112 @@
+"""tf.data pipelines: split -> decode -> preprocess -> augment -> batch -> per-process shard.
+
+Training data is a pure function of (seed, step): the example order of epoch `e` comes from a
+shuffle seeded by (seed, e) and the augmentation of the k-th example from the stateless seed
+(seed, k), so a run resumed at step s reads exactly what an uninterrupted run reads from step s
+on, without replaying the steps before it. Each process reads its own disjoint part of the split.
+"""
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from retina_jax.data.augment import augment_example
+from retina_jax.data.preprocess import preprocess_example
+
+_FEATURE_KEYS = ("image", "mask", "labelled")
+
+
+def process_split(split: str, process_index: int, process_count: int) -> str:
+    """The part of `split` that process `process_index` of `process_count` reads (disjoint parts)."""
+    if process_count == 1:
+        return split
+    return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+
+
+def _read_preprocessed(builder, split: str, config) -> tf.data.Dataset:
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1))
+    dataset = dataset.map(lambda example: {k: example[k] for k in _FEATURE_KEYS if k in example})
+    dataset = dataset.map(lambda example: preprocess_example(
+        example, mean=config.input.mean, std=config.input.std), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.cache() if config.dataset.cache else dataset
+
+
+def train_batches(builder, config, *, local_batch_size: int, start_step: int,
+                  process_index: int | None = None, process_count: int | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """Endless augmented training batches of this process, starting at global step `start_step`."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    split = process_split(config.dataset.train_split, process_index, process_count)
+    examples = _read_preprocessed(builder, split, config)
+    num_examples = builder.info.splits[split].num_examples
+    if num_examples < local_batch_size:
+        raise ValueError(f"Split {split!r} of {builder.name} has {num_examples} examples for this "
+                         f"process, fewer than its batch of {local_batch_size}.")
+    buffer_size = min(config.dataset.shuffle_buffer, num_examples)
+    first_index = start_step * local_batch_size
+    first_epoch, offset_in_epoch = divmod(first_index, num_examples)
+
+    def epoch_examples(epoch):
+        return examples.shuffle(buffer_size, seed=config.seed * 1_000_003 + epoch,
+                                reshuffle_each_iteration=False)
+
+    stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_examples)
+    stream = stream.skip(offset_in_epoch)
+    indices = tf.data.Dataset.range(first_index, np.iinfo(np.int64).max)
+
+    def augment(example_index, example):
+        # Unique per (process, example): processes never share augmentation randomness.
+        seed = tf.stack([tf.constant(config.seed, tf.int64),
+                         example_index * process_count + process_index])
+        return augment_example(example, seed, config.augment)
+
+    stream = tf.data.Dataset.zip(indices, stream).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    stream = stream.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return stream.as_numpy_iterator()
+
+
+def num_eval_batches(builder, split: str, local_batch_size: int, process_count: int) -> int:
+    """Batches every process runs for `split`, so that all processes step together."""
+    largest_part = max(builder.info.splits[process_split(split, index, process_count)].num_examples
+                       for index in range(process_count))
+    return -(-largest_part // local_batch_size)
+
+
+def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Pads along axis 0 with zeros and adds `valid` (1 = real example, 0 = padding)."""
+    num_real = len(batch["image"])
+    batch = {**batch, "valid": np.ones(num_real, np.float32)}
+    return {key: np.concatenate([value, np.zeros((batch_size - num_real, *value.shape[1:]), value.dtype)])
+            for key, value in batch.items()}
+
+
+def eval_dataset(builder, split: str, config, *, local_batch_size: int,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> tuple[tf.data.Dataset, int]:
+    """This process's part of `split`, in order, batched; and the batch count every process runs.
+
+    Build it once and pass it to `padded_batches` for every evaluation: with `dataset.cache`
+    the decoded split stays in memory between evaluations.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if split not in builder.info.splits:
+        raise ValueError(f"Dataset {builder.name} has no split {split!r}; "
+                         f"it has {sorted(builder.info.splits)}.")
+    num_batches = num_eval_batches(builder, split, local_batch_size, process_count)
+    dataset = _read_preprocessed(builder, process_split(split, process_index, process_count), config)
+    return dataset.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
+
+
+def padded_batches(dataset: tf.data.Dataset, num_batches: int, local_batch_size: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Exactly `num_batches` batches of `local_batch_size` (padded, then all-padding ones)."""
+    empty = {key: np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+             for key, spec in dataset.element_spec.items()}
+    batches = dataset.as_numpy_iterator()
+    for _ in range(num_batches):
+        yield _pad_batch(next(batches, empty), local_batch_size)

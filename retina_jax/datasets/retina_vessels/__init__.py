@@ -1,0 +1,1 @@
+"""TFDS builder for the 64x64 retinal-vessel segmentation seed dataset (`retina_vessels`)."""

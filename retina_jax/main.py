@@ -1,0 +1,60 @@
+"""Entry point: parses flags, then trains or evaluates.
+
+Usage:
+  python -m retina_jax.main --config=configs/vessels.py --workdir=runs/vessels
+  python -m retina_jax.main --config=configs/vessels.py:smoke --workdir=/tmp/smoke
+  python -m retina_jax.main --config=configs/vessels.py --workdir=runs/vessels \
+      --mode=evaluate --config.eval.split=validation
+Any config field can be overridden: --config.model.name=unet --config.train.num_steps=2000.
+Training resumes automatically from the latest checkpoint in --workdir.
+"""
+import logging as python_logging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("train", "evaluate")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (optionally FILE:ARG, e.g. :smoke).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and reports go.")
+flags.DEFINE_enum("mode", "train", MODES, "train (resumes automatically) or evaluate.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(python_logging.Filter):
+    """Drops the INFO chatter of checkpointing/dataset libraries; their warnings still show."""
+    NOISY_PATHS = ("/orbax/", "/tensorflow_datasets/")
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno >= python_logging.WARNING or not any(
+            path in record.pathname for path in self.NOISY_PATHS)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # TensorFlow only feeds data: keep it off any accelerator so JAX owns them.
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+    import jax
+
+    from retina_jax import parallel
+    jax.config.update("jax_num_cpu_devices", parallel.cpu_device_count(FLAGS.config))
+
+    from retina_jax import train
+
+    logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
+                 jax.devices())
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+        train.evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,60 @@
+"""U-Net (Ronneberger et al. 2015) with the seed notebook's Keras defaults.
+
+Defaults (16 base features, depth 4, 1 input and 1 output channel) give exactly 2,161,361
+trainable parameters and 2,944 batch-norm statistics, as the seed Keras model: two 3x3
+conv+BN+ReLU per block, features x2 per level, 2x2 max-pool, dropout after each pool and
+each skip concatenation, 3x3 stride-2 transposed conv up-sampling, 1x1 head (logits).
+"""
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from retina_jax.models import register
+from retina_jax.models.layers import ConvBlock, Identity, crop_to, pad_to_multiple
+
+
+@register("unet")
+class UNet(nn.Module):
+    num_classes: int = 1
+    features: int = 16
+    depth: int = 4
+    batch_norm: bool = True
+    dropout: float = 0.05
+    upsample: Literal["transpose", "resize"] = "transpose"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        if self.upsample not in ("transpose", "resize"):
+            raise ValueError(f"UNet.upsample must be 'transpose' or 'resize', got {self.upsample!r}.")
+        x, input_size = pad_to_multiple(images, 2 ** self.depth)
+        x = x.astype(self.dtype)
+        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        skips = []
+        for level in range(self.depth):
+            x = ConvBlock(self.features * 2 ** level, batch_norm=self.batch_norm, dtype=self.dtype,
+                          name=f"encoder{level}")(x, train=train)
+            skips.append(x)
+            x = dropout(nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = ConvBlock(self.features * 2 ** self.depth, batch_norm=self.batch_norm, dtype=self.dtype,
+                      name="bottleneck")(x, train=train)
+        for level in reversed(range(self.depth)):
+            features = self.features * 2 ** level
+            x = self._upsample(x, features, name=f"up{level}")
+            x = dropout(jnp.concatenate([x, skips[level]], axis=-1))
+            x = ConvBlock(features, batch_norm=self.batch_norm, dtype=self.dtype,
+                          name=f"decoder{level}")(x, train=train)
+        x = Identity(name="pre_logits")(x)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x)
+        return crop_to(logits, input_size).astype(jnp.float32)
+
+    def _upsample(self, x, features: int, name: str):
+        if self.upsample == "transpose":
+            return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME",
+                                    dtype=self.dtype, name=name)(x)
+        batch, height, width, channels = x.shape
+        x = jax.image.resize(x, (batch, 2 * height, 2 * width, channels), "bilinear")
+        return nn.Conv(features, (3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(),
+                       dtype=self.dtype, name=name)(x)

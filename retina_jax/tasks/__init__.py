@@ -1,0 +1,1 @@
+"""Tasks: what a model's outputs are scored by (loss, metrics, evaluation outputs)."""

@@ -1,0 +1,284 @@
+"""The training loop: state, pure jitted steps over a device mesh, evaluation, checkpoints, logs.
+
+Usage:
+  from retina_jax import train
+  final_metrics = train.train_and_evaluate(config, workdir)   # resumes from workdir if it can
+  metrics = train.evaluate(config, workdir)                    # best checkpoint, config.eval.split
+
+Everything random is derived from (config.seed, step): dropout from `fold_in(key, step)`, the
+data order and augmentation from the pipeline's (seed, step) contract, and the learning rate
+from the step. A resumed run therefore continues exactly as an uninterrupted run would.
+"""
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+
+from retina_jax import checkpoint, datasets, io_utils, losses, metrics, models, parallel, viz
+from retina_jax.data import pipeline
+from retina_jax.tasks import segmentation
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jnp.ndarray
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to `learning_rate`, then cosine decay to `learning_rate * end_lr_factor`."""
+    train = config.train
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train.learning_rate,
+        warmup_steps=train.warmup_steps, decay_steps=max(train.num_steps, train.warmup_steps + 1),
+        end_value=train.learning_rate * train.end_lr_factor)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(config)
+    if config.train.optimizer == "adam":
+        return optax.adam(schedule)
+    if config.train.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.train.weight_decay)
+    raise ValueError(f"config.train.optimizer must be 'adam' or 'adamw', got {config.train.optimizer!r}.")
+
+
+def build_model(config: ml_collections.ConfigDict):
+    model_kwargs = {key: value for key, value in config.model.items() if key != "name"}
+    return models.get_model(config.model.name, **model_kwargs)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               loss_fn: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
+    """One optimizer step on a (globally sharded) batch; pure, so jit can donate `state`."""
+    step_key = jax.random.fold_in(dropout_key, state.step)
+
+    def compute_loss(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      batch["image"], train=True, rngs={"dropout": step_key},
+                                      mutable=["batch_stats"])
+        return segmentation.loss(loss_fn, logits, batch), updates.get("batch_stats", {})
+
+    (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> jnp.ndarray:
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                         train=False)
+    return jax.nn.sigmoid(logits)
+
+
+def eval_step(state: TrainState, batch: dict, *, model, threshold: float, num_bins: int) -> dict:
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                         train=False)
+    return segmentation.eval_counts(logits, batch, threshold=threshold, num_bins=num_bins)
+
+
+class Experiment:
+    """What a config builds once per process: mesh, data, model, optimizer and jitted steps."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.mesh = parallel.make_mesh(config.parallel.num_devices)
+        self.builder = datasets.get_builder(config.dataset.name, data_dir=config.dataset.data_dir,
+                                            manual_dir=config.dataset.manual_dir)
+        self.model = build_model(config)
+        self.tx = make_optimizer(config)
+        self.run_info = json.loads(json.dumps({"model": config.model.to_dict()}))
+        replicated = parallel.replicated(self.mesh)
+        image_shape = tuple(self.builder.info.features["image"].shape)
+        if None in image_shape:
+            raise ValueError(f"Dataset {config.dataset.name} has variable image size {image_shape}; "
+                             "set a fixed input size in the config.")
+        root_key = jax.random.key(config.seed)
+        init_key, dropout_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
+        self.initial_state = jax.jit(
+            functools.partial(create_train_state, self.model, self.tx, image_shape=image_shape),
+            out_shardings=replicated)(init_key)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx,
+                              loss_fn=losses.get_loss(config.train.loss), dropout_key=dropout_key),
+            donate_argnums=(0,), out_shardings=(replicated, replicated))
+        self.eval_step = jax.jit(
+            functools.partial(eval_step, model=self.model, threshold=config.eval.threshold,
+                              num_bins=config.eval.num_bins),
+            out_shardings=replicated)
+        self.predict = jax.jit(functools.partial(predict_probabilities, model=self.model),
+                               out_shardings=replicated)
+
+    def local_batch_size(self, global_batch_size: int) -> int:
+        return parallel.local_batch_size(global_batch_size, self.mesh)
+
+    def eval_data(self, split: str):
+        return pipeline.eval_dataset(self.builder, split, self.config,
+                                     local_batch_size=self.local_batch_size(self.config.eval.batch_size))
+
+    def evaluate(self, state: TrainState, eval_data) -> tuple[dict, dict]:
+        """Metrics over the whole split, and the first examples (image, mask, prediction) to show."""
+        dataset, num_batches = eval_data
+        local_batch_size = self.local_batch_size(self.config.eval.batch_size)
+        total, shown = None, {}
+        for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
+            global_batch = parallel.to_global_batch(batch, self.mesh)
+            total = metrics.accumulate(total, jax.device_get(self.eval_step(state, global_batch)))
+            if not shown:
+                shown = self._examples_to_show(state, batch, global_batch)
+        return segmentation.summarize(total), shown
+
+    def _examples_to_show(self, state: TrainState, local_batch: dict, global_batch: dict) -> dict:
+        count = min(self.config.eval.num_overlays, int(local_batch["valid"].sum()))
+        probabilities = parallel.process_local(self.predict(state, global_batch["image"]))
+        return {"image": local_batch["image"][:count], "mask": local_batch["mask"][:count],
+                "labelled": bool(local_batch["labelled"][:count].all()),
+                "probability": probabilities[:count]}
+
+
+def overlay_image(shown: dict, threshold: float) -> np.ndarray:
+    predictions = shown["probability"] >= threshold
+    return viz.overlay_grid(shown["image"], shown["mask"] if shown["labelled"] else None, predictions)
+
+
+def restore_or_initial(experiment: Experiment, manager, step: int | None) -> tuple[TrainState, dict]:
+    """The state at checkpoint `step` (None: the initial state) and the saved run info."""
+    if step is None:
+        return experiment.initial_state, {**experiment.run_info, "train_seconds": 0.0}
+    return checkpoint.restore(manager, step, experiment.initial_state, experiment.run_info)
+
+
+def _console_progress(step: int, num_steps: int, loss: float, steps_per_second: float) -> None:
+    eta_seconds = (num_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
+    logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, num_steps, loss,
+                 steps_per_second, time.strftime("%H:%M:%S", time.gmtime(eta_seconds))
+                 if np.isfinite(eta_seconds) else "?")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+    Writes checkpoints (latest + best by validation `config.checkpoint.best_metric`), TensorBoard
+    events, and at the end `workdir/metrics.json` (final validation metrics, `step`,
+    `train_seconds`). With `config.train.stop_at_step` the run ends early at that step (with a
+    checkpoint), as a job of a fixed length in a chain would; the next run resumes.
+    """
+    workdir = Path(workdir)
+    experiment = Experiment(config)
+    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric)
+    state, run_info = restore_or_initial(experiment, manager, manager.latest_step())
+    start_step, num_steps = int(state.step), config.train.num_steps
+    stop_step = min(num_steps, config.train.stop_at_step or num_steps)
+    is_main_process = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
+    if start_step == 0:
+        writer.write_hparams(flatten_config(config))
+    else:
+        logging.info("Resuming from step %d in %s.", start_step, workdir)
+
+    train_batches: Iterator = pipeline.train_batches(
+        experiment.builder, config, local_batch_size=experiment.local_batch_size(config.train.batch_size),
+        start_step=start_step)
+    validation = experiment.eval_data(config.dataset.validation_split)
+    schedule = learning_rate_schedule(config)
+    train_seconds = run_info["train_seconds"]
+    interval_start, interval_losses, step = time.perf_counter(), [], start_step
+    last_metrics = None
+    for step in range(start_step + 1, stop_step + 1):
+        batch = parallel.to_global_batch(next(train_batches), experiment.mesh)
+        state, step_metrics = experiment.train_step(state, batch)
+        interval_losses.append(step_metrics["loss"])
+        is_eval_step = step % config.train.eval_every == 0 or step == stop_step
+        if step % config.train.log_every == 0 or is_eval_step:
+            mean_loss = float(np.mean(jax.device_get(interval_losses)))
+            elapsed = time.perf_counter() - interval_start
+            train_seconds += elapsed
+            writer.write_scalars(step, {"train/loss": mean_loss, "train/learning_rate": float(schedule(step - 1)),
+                                        "train/steps_per_second": len(interval_losses) / elapsed})
+            _console_progress(step, num_steps, mean_loss, len(interval_losses) / elapsed)
+            interval_losses = []
+            interval_start = time.perf_counter()
+        if is_eval_step:
+            last_metrics, shown = experiment.evaluate(state, validation)
+            writer.write_scalars(step, {f"validation/{k}": v for k, v in last_metrics.items()
+                                        if isinstance(v, (int, float))})
+            writer.write_images(step, {"validation/overlays": overlay_image(shown, config.eval.threshold)[None]})
+            logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
+            checkpoint.save(manager, step, state, {**experiment.run_info, "train_seconds": train_seconds},
+                            {key: value for key, value in last_metrics.items() if isinstance(value, (int, float))})
+            interval_start = time.perf_counter()
+    manager.wait_until_finished()
+    writer.flush()
+    if stop_step < num_steps:
+        logging.info("Stopped at step %d of %d as configured; rerun the same command to resume.",
+                     stop_step, num_steps)
+        return last_metrics or {}
+    if last_metrics is None:  # nothing left to train: the checkpoint already holds the final step
+        last_metrics, _ = experiment.evaluate(state, validation)
+    final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2)}
+    if is_main_process:
+        io_utils.write_json(workdir / "metrics.json", final)
+    logging.info("Final validation metrics written to %s", workdir / "metrics.json")
+    return final
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluates the best checkpoint (latest if none is ranked) on `config.eval.split`.
+
+    Writes `workdir/eval/<split>/metrics.json` and `overlays.png` (image / ground truth /
+    prediction / errors for the first `config.eval.num_overlays` examples).
+    """
+    workdir = Path(workdir)
+    experiment = Experiment(config)
+    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric)
+    step = manager.best_step() if config.eval.checkpoint == "best" else manager.latest_step()
+    if step is None:
+        step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}; train first "
+                                f"(--mode=train with the same --workdir).")
+    state, _ = restore_or_initial(experiment, manager, step)
+    split = config.eval.split
+    results, shown = experiment.evaluate(state, experiment.eval_data(split))
+    results = {**results, "checkpoint_step": step}
+    out_dir = workdir / "eval" / split
+    if jax.process_index() == 0:
+        io_utils.write_json(out_dir / "metrics.json", results)
+        io_utils.write_png(out_dir / "overlays.png", overlay_image(shown, config.eval.threshold))
+    logging.info("%s metrics (checkpoint step %d): %s", split, step, _format_metrics(results))
+    logging.info("Wrote %s and %s", out_dir / "metrics.json", out_dir / "overlays.png")
+    return results
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update({f"{key}.{sub}": sub_value for sub, sub_value in flatten_config(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _format_metrics(values: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

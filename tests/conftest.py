@@ -1,0 +1,29 @@
+"""Shared test set-up: TensorFlow stays off accelerators; XLA compiles quickly."""
+import jax
+import pytest
+import tensorflow as tf
+
+tf.config.set_visible_devices([], "GPU")
+# Tests check behaviour, not speed: cheaper compiles keep the suite fast.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def vessel_builder(tfds_dir):
+    """The built-in seed vessel set, prepared once per test session."""
+    from retina_jax import datasets
+    return datasets.get_builder("retina_vessels", data_dir=tfds_dir)
+
+
+@pytest.fixture
+def smoke_config(tfds_dir, vessel_builder):
+    """The vessel config's tiny variant, reading the session's prepared data."""
+    from configs import vessels
+    config = vessels.get_config("smoke")
+    config.dataset.data_dir = tfds_dir
+    return config

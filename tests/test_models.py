@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from retina_jax import models
+
+
+def count(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+def test_unet_defaults_match_seed_keras_model():
+    model = models.get_model("unet")
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)),
+                                                  train=False))
+    assert count(variables["params"]) == 2_161_361
+    assert count(variables["batch_stats"]) == 2_944
+
+
+@pytest.mark.parametrize("height,width,channels", [(37, 45, 3), (64, 64, 1), (17, 8, 2)])
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_unet_output_shape_for_any_input_size(height, width, channels, upsample):
+    model = models.get_model("unet", num_classes=2, features=4, depth=3, upsample=upsample)
+    images = jnp.ones((2, height, width, channels))
+    variables = model.init(jax.random.key(0), images, train=False)
+    logits = model.apply(variables, images, train=False)
+    assert logits.shape == (2, height, width, 2)
+    assert logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_unet_padding_does_not_leak_into_the_crop_region_shape_only_models():
+    # Padding is applied at the bottom/right: the top-left pixel's receptive field is identical
+    # for an input that already is a multiple of 2^depth and the same input with extra columns.
+    model = models.get_model("unet", features=4, depth=2, dropout=0.0)
+    images = jax.random.normal(jax.random.key(1), (1, 16, 16, 1))
+    variables = model.init(jax.random.key(0), images, train=False)
+    full = model.apply(variables, images, train=False)
+    cropped = model.apply(variables, images[:, :15, :15], train=False)
+    assert cropped.shape == (1, 15, 15, 1)
+    np.testing.assert_allclose(cropped[:, :4, :4], full[:, :4, :4], atol=1e-5)
+
+
+def test_unet_train_mode_updates_batch_stats_and_uses_dropout():
+    model = models.get_model("unet", features=4, depth=2, dropout=0.5)
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    variables = model.init(jax.random.key(0), images, train=False)
+    out_a, updates = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)},
+                                 mutable=["batch_stats"])
+    out_b, _ = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)},
+                           mutable=["batch_stats"])
+    assert not np.allclose(out_a, out_b)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(updates["batch_stats"]),
+                                                     jax.tree.leaves(variables["batch_stats"])))
+
+
+def test_registry_lists_models_and_rejects_unknown_names_and_arguments():
+    assert "unet" in models.available()
+    with pytest.raises(ValueError, match="available models: .*unet"):
+        models.get_model("unet_plusplus")
+    with pytest.raises(ValueError, match="unknown arguments \\['featurez'\\]"):
+        models.get_model("unet", featurez=8)
+
+
+def test_unet_rejects_unknown_upsampling():
+    model = models.get_model("unet", upsample="pixelshuffle")
+    with pytest.raises(ValueError, match="upsample"):
+        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)

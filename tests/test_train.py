@@ -1,0 +1,135 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from retina_jax import checkpoint, losses, parallel, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def saved_state(config, workdir):
+    """The latest checkpointed train state of `workdir`, as numpy."""
+    experiment = train.Experiment(config)
+    manager = checkpoint.create_manager(Path(workdir) / "checkpoints")
+    state, _ = train.restore_or_initial(experiment, manager, manager.latest_step())
+    return jax.device_get(state)
+
+
+def without_timing(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "train_seconds"}
+
+
+def test_a_few_steps_lower_the_loss(smoke_config):
+    smoke_config.train.learning_rate = 1e-2
+    smoke_config.train.num_steps = 100  # the schedule stays near its peak
+    smoke_config.model.dropout = 0.0
+    experiment = train.Experiment(smoke_config)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 64, 64, 1)).astype(np.float32)
+    batch = {"image": images, "mask": (images > 0.5).astype(np.float32), "labelled": np.ones(8, np.float32)}
+    state, losses_seen = experiment.initial_state, []
+    for _ in range(10):
+        state, step_metrics = experiment.train_step(state, parallel.to_global_batch(batch, experiment.mesh))
+        losses_seen.append(float(step_metrics["loss"]))
+    assert losses_seen[-1] < losses_seen[0] * 0.9, losses_seen
+    assert all(b < a for a, b in zip(losses_seen[1:], losses_seen[2:])), losses_seen
+    assert int(state.step) == 10
+
+
+def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path):
+    straight = train.train_and_evaluate(smoke_config, tmp_path / "straight")
+    again = train.train_and_evaluate(smoke_config, tmp_path / "again")
+    assert without_timing(straight) == without_timing(again)  # same command twice, same numbers
+
+    smoke_config.train.stop_at_step = 2
+    halfway = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    assert not (tmp_path / "chained" / "metrics.json").exists()
+    assert halfway["num_examples"] == 173
+    smoke_config.train.stop_at_step = 0
+    resumed = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    assert without_timing(resumed) == without_timing(straight)
+    assert resumed["step"] == 4
+
+    state_straight = saved_state(smoke_config, tmp_path / "straight")
+    state_resumed = saved_state(smoke_config, tmp_path / "chained")
+    jax.tree.map(np.testing.assert_array_equal, state_straight, state_resumed)
+    written = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert written["step"] == 4 and written["train_seconds"] > 0
+    assert {"dice", "iou", "precision", "recall", "specificity", "accuracy", "auc_roc"} <= set(written)
+
+    # Rerunning a finished run trains nothing more and reports the same metrics.
+    rerun = train.train_and_evaluate(smoke_config, tmp_path / "straight")
+    assert without_timing(rerun) == without_timing(straight)
+
+
+def test_workdir_of_another_model_refuses_to_resume(smoke_config, tmp_path):
+    smoke_config.train.stop_at_step = 2
+    train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.model.features = 8
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="'features': 4"):
+        train.train_and_evaluate(smoke_config, tmp_path)
+
+
+def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        train.evaluate(smoke_config, tmp_path)
+    final = train.train_and_evaluate(smoke_config, tmp_path)
+    results = train.evaluate(smoke_config, tmp_path)
+    assert results["num_examples"] == 173
+    assert results["checkpoint_step"] in (2, 4)
+    written = json.loads((tmp_path / "eval" / "validation" / "metrics.json").read_text())
+    assert written == results
+    if results["checkpoint_step"] == 4:
+        assert results["dice"] == pytest.approx(final["dice"])
+    assert (tmp_path / "eval" / "validation" / "overlays.png").stat().st_size > 0
+
+    smoke_config.eval.split = "test"
+    unlabelled = train.evaluate(smoke_config, tmp_path)
+    assert unlabelled == {"num_examples": 174, "labelled": False, "checkpoint_step": results["checkpoint_step"]}
+
+
+def test_one_step_on_one_device_equals_four_devices():
+    output = subprocess.run([sys.executable, str(REPO / "tests" / "multidevice_step.py"), "4"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert output.returncode == 0, output.stderr[-3000:]
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4
+    assert result["max_param_change"] > 1e-3  # the steps did move the parameters
+    assert result["max_param_diff"] < 1e-5, result
+    assert result["max_stats_diff"] < 1e-5, result
+    np.testing.assert_allclose(result["losses_multi"], result["losses_single"], rtol=1e-5)
+
+
+def run_main(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "retina_jax.main", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+@pytest.mark.slow
+def test_main_trains_then_evaluates_end_to_end(tfds_dir, vessel_builder, tmp_path):
+    common = ["--config=configs/vessels.py:smoke", f"--workdir={tmp_path}",
+              f"--config.dataset.data_dir={tfds_dir}"]
+    trained = run_main(*common)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 4
+    evaluated = run_main(*common, "--mode=evaluate", "--config.eval.split=validation")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "validation" / "metrics.json").read_text())["num_examples"] == 173
+
+
+def test_main_rejects_misspelt_config_key_and_unknown_names(tmp_path):
+    misspelt = run_main("--config=configs/vessels.py:smoke", f"--workdir={tmp_path}", "--config.train.num_stepz=3")
+    assert misspelt.returncode != 0 and "num_stepz" in misspelt.stderr
+    unknown_model = run_main("--config=configs/vessels.py:smoke", f"--workdir={tmp_path}",
+                             "--config.model.name=unet3000")
+    assert unknown_model.returncode != 0 and "Unknown model 'unet3000'" in unknown_model.stderr
+    unknown_dataset = run_main("--config=configs/vessels.py:smoke", f"--workdir={tmp_path}",
+                               "--config.dataset.name=drive2")
+    assert unknown_dataset.returncode != 0 and "Unknown dataset 'drive2'" in unknown_dataset.stderr
