@@ -3,6 +3,7 @@
 Usage: python -m retina_jax.main --config=configs/default.py --workdir=runs/default
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,18 +30,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.brightness = 0.1  # additive, in normalised units
     config.augment.contrast = 0.1    # multiplicative factor in [1 - c, 1 + c]
 
+    # Fields left unset (None) take the model's own default, so `--config.model.name=X` works
+    # for every registered model; a field that model does not accept is reported by name.
     config.model = ml_collections.ConfigDict()
-    config.model.name = "unet"
+    config.model.name = "unet"        # see retina_jax.models.available()
     config.model.num_classes = 1
-    config.model.features = 16
-    config.model.depth = 4
-    config.model.dropout = 0.05
-    config.model.batch_norm = True
-    config.model.upsample = "transpose"
+    config.model.features = placeholder(int)    # base width (unet: 16, the seed's)
+    config.model.depth = placeholder(int)       # resolution levels (unet: 4)
+    config.model.dropout = placeholder(float)   # unet: 0.05
+    config.model.batch_norm = placeholder(bool)
+    config.model.upsample = placeholder(str)    # unet: "transpose" or "resize"
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32     # global, over all devices and processes
-    config.train.num_steps = 900
+    config.train.num_steps = 700    # ~10 minutes on a 2-core CPU
     config.train.optimizer = "adam"  # or "adamw"
     config.train.learning_rate = 3e-3
     config.train.warmup_steps = 50

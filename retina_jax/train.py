@@ -9,6 +9,7 @@ Everything random is derived from (config.seed, step): dropout from `fold_in(key
 data order and augmentation from the pipeline's (seed, step) contract, and the learning rate
 from the step. A resumed run therefore continues exactly as an uninterrupted run would.
 """
+import dataclasses
 import functools
 import json
 import time
@@ -55,8 +56,28 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def build_model(config: ml_collections.ConfigDict):
-    model_kwargs = {key: value for key, value in config.model.items() if key != "name"}
+    """The registered model `config.model.name`; unset (None) fields keep the model's default."""
+    model_kwargs = {key: value for key, value in config.model.items()
+                    if key != "name" and value is not None}
     return models.get_model(config.model.name, **model_kwargs)
+
+
+def model_record(name: str, model) -> dict:
+    """The resolved architecture (registry name + every constructor field), JSON-ready.
+
+    Checkpoints store it so that a workdir refuses to resume a different architecture, while an
+    unset config field and its explicit default value count as the same model.
+    """
+    fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+              if field.name not in ("parent", "name")}
+    return json.loads(json.dumps({"name": name, **fields}, default=_json_name))
+
+
+def _json_name(value) -> str:
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return str(value)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
@@ -107,7 +128,7 @@ class Experiment:
                                             manual_dir=config.dataset.manual_dir)
         self.model = build_model(config)
         self.tx = make_optimizer(config)
-        self.run_info = json.loads(json.dumps({"model": config.model.to_dict()}))
+        self.run_info = {"model": model_record(config.model.name, self.model)}
         replicated = parallel.replicated(self.mesh)
         image_shape = tuple(self.builder.info.features["image"].shape)
         if None in image_shape:

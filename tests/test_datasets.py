@@ -14,8 +14,8 @@ DUMMY_ZIP = rv.DEFAULT_MANUAL_DIR.parent / "dummy_data" / rv.ZIP_NAME
 
 
 @pytest.fixture(scope="module")
-def real_builder(tmp_path_factory):
-    return datasets.get_builder("retina_vessels", data_dir=str(tmp_path_factory.mktemp("tfds")))
+def real_builder(vessel_builder):
+    return vessel_builder
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,18 @@ def test_zip_without_npz_member_names_member(tmp_path):
     with zipfile.ZipFile(tmp_path / rv.ZIP_NAME, "w") as archive:
         archive.writestr("other.npz", b"")
     with pytest.raises(ValueError, match=rv.NPZ_NAME):
+        rv.load_arrays(tmp_path)
+
+
+def test_corrupt_zip_is_named(tmp_path):
+    (tmp_path / rv.ZIP_NAME).write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match=f"{rv.ZIP_NAME} is not a readable zip"):
+        rv.load_arrays(tmp_path)
+
+
+def test_corrupt_npz_is_named(tmp_path):
+    (tmp_path / rv.NPZ_NAME).write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=f"{rv.NPZ_NAME} is not a readable .npz"):
         rv.load_arrays(tmp_path)
 
 

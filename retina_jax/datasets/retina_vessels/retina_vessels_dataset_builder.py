@@ -49,11 +49,14 @@ def read_npz_bytes(manual_dir: epath.Path) -> tuple[bytes, str]:
     """Returns the npz payload and a description of where it came from (for error messages)."""
     zip_path, npz_path = manual_dir / ZIP_NAME, manual_dir / NPZ_NAME
     if zip_path.exists():
-        with zipfile.ZipFile(io.BytesIO(zip_path.read_bytes())) as archive:
-            if NPZ_NAME not in archive.namelist():
-                raise ValueError(
-                    f"{zip_path} has no member {NPZ_NAME!r}; it holds {archive.namelist()}.")
-            return archive.read(NPZ_NAME), f"{zip_path}:{NPZ_NAME}"
+        try:
+            with zipfile.ZipFile(io.BytesIO(zip_path.read_bytes())) as archive:
+                if NPZ_NAME not in archive.namelist():
+                    raise ValueError(
+                        f"{zip_path} has no member {NPZ_NAME!r}; it holds {archive.namelist()}.")
+                return archive.read(NPZ_NAME), f"{zip_path}:{NPZ_NAME}"
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{zip_path} is not a readable zip archive ({error}).") from error
     if npz_path.exists():
         return npz_path.read_bytes(), str(npz_path)
     raise FileNotFoundError(
@@ -101,8 +104,11 @@ def validate(arrays: dict[str, np.ndarray], source: str) -> None:
 def load_arrays(manual_dir) -> dict[str, np.ndarray]:
     """Validated arrays from `manual_dir`, keyed as in the npz file and cast to uint8."""
     payload, source = read_npz_bytes(epath.Path(manual_dir))
-    with np.load(io.BytesIO(payload)) as npz:
-        arrays = {key: npz[key] for key in npz.files}
+    try:
+        with np.load(io.BytesIO(payload)) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{source} is not a readable .npz file ({error}).") from error
     validate(arrays, source)
     return {key: arrays[key].astype(np.uint8) for key in required_keys()}
 
