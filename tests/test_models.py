@@ -30,16 +30,13 @@ def test_unet_output_shape_for_any_input_size(height, width, channels, upsample)
     assert np.isfinite(np.asarray(logits)).all()
 
 
-def test_unet_padding_does_not_leak_into_the_crop_region_shape_only_models():
-    # Padding is applied at the bottom/right: the top-left pixel's receptive field is identical
-    # for an input that already is a multiple of 2^depth and the same input with extra columns.
+def test_unet_pads_odd_sizes_with_zeros_and_crops_back():
     model = models.get_model("unet", features=4, depth=2, dropout=0.0)
-    images = jax.random.normal(jax.random.key(1), (1, 16, 16, 1))
+    images = jax.random.normal(jax.random.key(1), (1, 15, 13, 1))
     variables = model.init(jax.random.key(0), images, train=False)
-    full = model.apply(variables, images, train=False)
-    cropped = model.apply(variables, images[:, :15, :15], train=False)
-    assert cropped.shape == (1, 15, 15, 1)
-    np.testing.assert_allclose(cropped[:, :4, :4], full[:, :4, :4], atol=1e-5)
+    zero_padded = jnp.pad(images, ((0, 0), (0, 1), (0, 3), (0, 0)))  # to multiples of 2^2
+    expected = model.apply(variables, zero_padded, train=False)[:, :15, :13]
+    np.testing.assert_allclose(model.apply(variables, images, train=False), expected, atol=1e-6)
 
 
 def test_unet_train_mode_updates_batch_stats_and_uses_dropout():

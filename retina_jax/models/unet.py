@@ -15,7 +15,7 @@ from retina_jax.models import register
 from retina_jax.models.layers import ConvBlock, Identity, crop_to, pad_to_multiple
 
 
-@register("unet")
+@register("unet", paper="Ronneberger et al. 2015, U-Net (seed Keras defaults)")
 class UNet(nn.Module):
     num_classes: int = 1
     features: int = 16
