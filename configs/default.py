@@ -77,9 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def apply_smoke(config: ml_collections.ConfigDict) -> None:
-    """A tiny run that exercises every code path in seconds."""
+    """A tiny run that exercises every code path in seconds (with any segmentation model)."""
     config.model.features = 4
-    config.model.depth = 2
     config.train.batch_size = 8
     config.train.num_steps = 4
     config.train.warmup_steps = 1
