@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input = ml_collections.ConfigDict()
     config.input.mean = 0.445        # image -> (image / 255 - mean) / std; train-split statistics
     config.input.std = 0.098
+    config.input.denoise = "none"    # none | median3 (3x3 median, e.g. against OCT speckle)
 
     config.augment = ml_collections.ConfigDict()
     config.augment.hflip = True
@@ -29,6 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.rot90 = True
     config.augment.brightness = 0.1  # additive, in normalised units
     config.augment.contrast = 0.1    # multiplicative factor in [1 - c, 1 + c]
+    config.augment.crop_size = placeholder(tuple)  # (height, width) training crops; None = whole image
+    config.augment.positive_crop_fraction = 0.0    # share of crops centred near foreground
+    config.augment.scale = 0.0       # zoom in [1/(1+s), 1+s] (log-uniform)
+    config.augment.shift = 0.0       # translation up to this fraction of the crop size
+    config.augment.speckle = 0.0     # multiplicative noise: intensity * (1 + N(0, speckle))
 
     # Fields left unset (None) take the model's own default, so `--config.model.name=X` works
     # for every registered model; a field that model does not accept is reported by name.
@@ -68,6 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.parallel = ml_collections.ConfigDict()
     config.parallel.num_devices = 0   # mesh size; 0 = every device of every process
     config.parallel.cpu_devices = 0   # JAX devices made of the host CPU; 0 = one per core
+    # Multi-process runs (see README "Multi-host"). Unset, a srun / mpirun / GKE TPU launcher
+    # is detected from its environment; "auto" leaves all three to JAX (TPU pod slice on GCE).
+    config.parallel.coordinator_address = ""  # HOST:PORT of process 0; "" = unset
+    config.parallel.num_processes = 0         # 0 = unset
+    config.parallel.process_id = -1           # -1 = unset
 
     if arg == "smoke":
         apply_smoke(config)

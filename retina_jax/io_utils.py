@@ -1,4 +1,5 @@
 """Writing result files atomically: a reader never sees a half-written file."""
+import csv
 import io
 import json
 import os
@@ -25,3 +26,12 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:
+    """One line per row, `columns` in order; a key a row lacks is an empty cell."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())

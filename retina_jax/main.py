@@ -44,7 +44,8 @@ def main(argv):
     import jax
 
     from retina_jax import parallel
-    jax.config.update("jax_num_cpu_devices", parallel.cpu_device_count(FLAGS.config))
+    process_count = parallel.initialize_distributed(FLAGS.config)  # before any backend starts
+    jax.config.update("jax_num_cpu_devices", parallel.cpu_device_count(FLAGS.config, process_count))
 
     from retina_jax import train
 

@@ -96,27 +96,33 @@ def auc_from_histograms(pos_hist, neg_hist) -> float | None:
     return float(wins / (num_pos * num_neg))
 
 
-def compute_segmentation_metrics(counts: dict) -> dict[str, float | int | None]:
-    """Metrics of accumulated `counts` (see `segmentation_counts`), as JSON-ready Python scalars.
-
-    Returns `dice`, `iou`, `precision`, `recall`, `specificity`, `accuracy` (floats, zero
-    denominators by the empty rule of the module docstring), `auc_roc` (float or None)
-    and `num_pixels` (int, the counted pixels).
-    """
-    tp, fp, fn, tn = (int(counts[key]) for key in CONFUSION_KEYS)
+def overlap_ratios(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """`dice`, `iou`, `precision`, `recall`, `specificity`, `accuracy` of confusion counts, with
+    zero denominators by the empty rule of the module docstring (for a split or for one case)."""
     agrees = fp + fn == 0
 
     def ratio(numerator: int, denominator: int) -> float:
         return numerator / denominator if denominator else float(agrees)
 
-    num_pixels = tp + fp + fn + tn
     return {
         "dice": ratio(2 * tp, 2 * tp + fp + fn),
         "iou": ratio(tp, tp + fp + fn),
         "precision": ratio(tp, tp + fp),
         "recall": ratio(tp, tp + fn),
         "specificity": ratio(tn, tn + fp),
-        "accuracy": ratio(tp + tn, num_pixels),
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
+    }
+
+
+def compute_segmentation_metrics(counts: dict) -> dict[str, float | int | None]:
+    """Metrics of accumulated `counts` (see `segmentation_counts`), as JSON-ready Python scalars.
+
+    Returns the `overlap_ratios` (floats), `auc_roc` (float or None) and `num_pixels` (int, the
+    counted pixels).
+    """
+    tp, fp, fn, tn = (int(counts[key]) for key in CONFUSION_KEYS)
+    return {
+        **overlap_ratios(tp, fp, fn, tn),
         "auc_roc": auc_from_histograms(counts["pos_hist"], counts["neg_hist"]),
-        "num_pixels": num_pixels,
+        "num_pixels": tp + fp + fn + tn,
     }

@@ -4,6 +4,7 @@ Usage:
   from retina_jax import train
   final_metrics = train.train_and_evaluate(config, workdir)   # resumes from workdir if it can
   metrics = train.evaluate(config, workdir)                    # best checkpoint, config.eval.split
+Training ends by evaluating its best checkpoint on the validation split into workdir/eval/.
 
 Everything random is derived from (config.seed, step): dropout from `fold_in(key, step)`, the
 data order and augmentation from the pipeline's (seed, step) contract, and the learning rate
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from retina_jax import checkpoint, datasets, io_utils, losses, metrics, models, parallel, viz
 from retina_jax.data import pipeline
@@ -112,10 +114,14 @@ def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> j
     return jax.nn.sigmoid(logits)
 
 
-def eval_step(state: TrainState, batch: dict, *, model, threshold: float, num_bins: int) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model, threshold: float,
+              num_bins: int) -> tuple[dict, dict, jnp.ndarray]:
+    """Split-level count sums, per-example counts and the probability maps of one batch."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
                          train=False)
-    return segmentation.eval_counts(logits, batch, threshold=threshold, num_bins=num_bins)
+    probabilities = jax.nn.sigmoid(logits)
+    return (segmentation.eval_counts(logits, batch, threshold=threshold, num_bins=num_bins),
+            segmentation.case_counts(probabilities, batch, threshold=threshold), probabilities)
 
 
 class Experiment:
@@ -146,9 +152,7 @@ class Experiment:
         self.eval_step = jax.jit(
             functools.partial(eval_step, model=self.model, threshold=config.eval.threshold,
                               num_bins=config.eval.num_bins),
-            out_shardings=replicated)
-        self.predict = jax.jit(functools.partial(predict_probabilities, model=self.model),
-                               out_shardings=replicated)
+            out_shardings=(replicated, replicated, parallel.batch_sharded(self.mesh)))
 
     def local_batch_size(self, global_batch_size: int) -> int:
         return parallel.local_batch_size(global_batch_size, self.mesh)
@@ -157,29 +161,62 @@ class Experiment:
         return pipeline.eval_dataset(self.builder, split, self.config,
                                      local_batch_size=self.local_batch_size(self.config.eval.batch_size))
 
-    def evaluate(self, state: TrainState, eval_data) -> tuple[dict, dict]:
-        """Metrics over the whole split, and the first examples (image, mask, prediction) to show."""
+    def evaluate(self, state: TrainState, eval_data) -> tuple[dict, list[dict], segmentation.Gallery]:
+        """Metrics over the whole split, one row per example, and the worst / best examples."""
         dataset, num_batches = eval_data
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
-        total, shown = None, {}
+        total, cases = None, []
+        gallery = segmentation.Gallery(self.config.eval.num_overlays)
         for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
-            global_batch = parallel.to_global_batch(batch, self.mesh)
-            total = metrics.accumulate(total, jax.device_get(self.eval_step(state, global_batch)))
-            if not shown:
-                shown = self._examples_to_show(state, batch, global_batch)
-        return segmentation.summarize(total), shown
+            model_inputs = {key: batch[key] for key in MODEL_INPUT_KEYS}
+            split_counts, example_counts, probabilities = self.eval_step(
+                state, parallel.to_global_batch(model_inputs, self.mesh))
+            total = metrics.accumulate(total, jax.device_get(split_counts))
+            info = {key: value for key, value in batch.items() if key not in ("image", "mask")}
+            cases += segmentation.case_rows(jax.device_get(example_counts), gather_case_info(info))
+            local_rows = segmentation.case_rows(
+                jax.tree.map(parallel.process_local, example_counts), info)
+            local_probabilities = multihost_utils.global_array_to_host_local_array(
+                probabilities, self.mesh, jax.sharding.PartitionSpec(parallel.DATA_AXIS))
+            for index, row in zip(np.flatnonzero(batch["valid"] > 0), local_rows):
+                gallery.add(row, batch["image"][index], batch["mask"][index],
+                            np.asarray(local_probabilities[index]))
+        return segmentation.summarize(total, cases), cases, gallery
 
-    def _examples_to_show(self, state: TrainState, local_batch: dict, global_batch: dict) -> dict:
-        count = min(self.config.eval.num_overlays, int(local_batch["valid"].sum()))
-        probabilities = parallel.process_local(self.predict(state, global_batch["image"]))
-        return {"image": local_batch["image"][:count], "mask": local_batch["mask"][:count],
-                "labelled": bool(local_batch["labelled"][:count].all()),
-                "probability": probabilities[:count]}
+
+MODEL_INPUT_KEYS = ("image", "mask", "labelled", "valid")
 
 
-def overlay_image(shown: dict, threshold: float) -> np.ndarray:
-    predictions = shown["probability"] >= threshold
-    return viz.overlay_grid(shown["image"], shown["mask"] if shown["labelled"] else None, predictions)
+def gather_case_info(local_info: dict) -> dict:
+    """Every process's per-example `local_info` (ids, validity, ...), in global batch order."""
+    if jax.process_count() == 1:
+        return local_info
+    gathered = {}
+    for key, values in local_info.items():
+        if values.dtype.kind in "SUO":  # strings travel as fixed-width bytes
+            encoded = np.array([str(_as_text(value)).encode() for value in values], dtype="S256")
+            rows = multihost_utils.process_allgather(encoded.view(np.uint8).reshape(len(values), -1),
+                                                     tiled=True)
+            gathered[key] = np.ascontiguousarray(rows).view("S256")[:, 0]
+        else:
+            gathered[key] = np.asarray(multihost_utils.process_allgather(values, tiled=True))
+    return gathered
+
+
+def _as_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def overlay_image(gallery: segmentation.Gallery, threshold: float) -> np.ndarray | None:
+    """The gallery's cases as one contact sheet (None when it holds none)."""
+    shown = gallery.cases()
+    if not shown:
+        return None
+    captions = [caption for caption, _ in shown]
+    images = [image for _, (_, image, _, _) in shown]
+    masks = [mask if row["labelled"] else None for _, (row, _, mask, _) in shown]
+    predictions = [probability >= threshold for _, (_, _, _, probability) in shown]
+    return viz.overlay_grid(images, masks, predictions, captions)
 
 
 def restore_or_initial(experiment: Experiment, manager, step: int | None) -> tuple[TrainState, dict]:
@@ -240,10 +277,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             interval_losses = []
             interval_start = time.perf_counter()
         if is_eval_step:
-            last_metrics, shown = experiment.evaluate(state, validation)
+            last_metrics, _, gallery = experiment.evaluate(state, validation)
             writer.write_scalars(step, {f"validation/{k}": v for k, v in last_metrics.items()
                                         if isinstance(v, (int, float))})
-            writer.write_images(step, {"validation/overlays": overlay_image(shown, config.eval.threshold)[None]})
+            overlays = overlay_image(gallery, config.eval.threshold)
+            if overlays is not None:
+                writer.write_images(step, {"validation/overlays": overlays[None]})
             logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
             checkpoint.save(manager, step, state, {**experiment.run_info, "train_seconds": train_seconds},
                             {key: value for key, value in last_metrics.items() if isinstance(value, (int, float))})
@@ -255,23 +294,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      stop_step, num_steps)
         return last_metrics or {}
     if last_metrics is None:  # nothing left to train: the checkpoint already holds the final step
-        last_metrics, _ = experiment.evaluate(state, validation)
+        last_metrics, _, _ = experiment.evaluate(state, validation)
     final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2)}
     if is_main_process:
         io_utils.write_json(workdir / "metrics.json", final)
-    logging.info("Final validation metrics written to %s", workdir / "metrics.json")
+    logging.info("Final validation metrics (step %d) written to %s", step, workdir / "metrics.json")
+    evaluate_checkpoint(experiment, manager, config.dataset.validation_split, workdir)
     return final
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the best checkpoint (latest if none is ranked) on `config.eval.split`.
+    """Evaluates the `config.eval.checkpoint` checkpoint of `workdir` on `config.eval.split`.
 
-    Writes `workdir/eval/<split>/metrics.json` and `overlays.png` (image / ground truth /
-    prediction / errors for the first `config.eval.num_overlays` examples).
+    See `evaluate_checkpoint` for what it writes; returns the split's metrics.
     """
-    workdir = Path(workdir)
     experiment = Experiment(config)
-    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric)
+    manager = checkpoint.create_manager(Path(workdir) / "checkpoints",
+                                        best_metric=config.checkpoint.best_metric)
+    return evaluate_checkpoint(experiment, manager, config.eval.split, Path(workdir))
+
+
+def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Path) -> dict:
+    """Evaluates the best checkpoint (latest if none is ranked, or if config.eval.checkpoint is
+    'latest') on `split` and writes `workdir/eval/<split>/`:
+
+      metrics.json   split-level metrics (see segmentation.summarize) and `checkpoint_step`
+      per_case.csv   one row per example: id (+ subject, ...), pixel counts, dice, iou, ...
+      overlays.png   image | ground truth | prediction | errors of the worst and best cases
+    """
+    config = experiment.config
     step = manager.best_step() if config.eval.checkpoint == "best" else manager.latest_step()
     if step is None:
         step = manager.latest_step()
@@ -279,16 +330,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}; train first "
                                 f"(--mode=train with the same --workdir).")
     state, _ = restore_or_initial(experiment, manager, step)
-    split = config.eval.split
-    results, shown = experiment.evaluate(state, experiment.eval_data(split))
+    results, cases, gallery = experiment.evaluate(state, experiment.eval_data(split))
     results = {**results, "checkpoint_step": step}
     out_dir = workdir / "eval" / split
+    overlays = overlay_image(gallery, config.eval.threshold)
     if jax.process_index() == 0:
         io_utils.write_json(out_dir / "metrics.json", results)
-        io_utils.write_png(out_dir / "overlays.png", overlay_image(shown, config.eval.threshold))
+        io_utils.write_csv(out_dir / "per_case.csv", cases, case_columns(cases))
+        if overlays is not None:
+            io_utils.write_png(out_dir / "overlays.png", overlays)
     logging.info("%s metrics (checkpoint step %d): %s", split, step, _format_metrics(results))
-    logging.info("Wrote %s and %s", out_dir / "metrics.json", out_dir / "overlays.png")
+    logging.info("Wrote %s, per_case.csv and overlays.png (worst and best cases) in %s",
+                 "metrics.json", out_dir)
     return results
+
+
+def case_columns(cases: list[dict]) -> list[str]:
+    """per_case.csv columns: the identifying ones the rows have, then the metric columns."""
+    present = {key for case in cases for key in case}
+    identifying = [key for key in (*pipeline.CASE_KEYS, "labelled") if key in present]
+    return identifying + [key for key in segmentation.CASE_COLUMNS if key in present]
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict:

@@ -1,5 +1,6 @@
 """Pictures researchers look at: segmentation overlays as one contact sheet."""
 import numpy as np
+from PIL import Image, ImageDraw
 
 GREEN = np.array([0, 255, 0], np.uint8)
 RED = np.array([255, 0, 0], np.uint8)
@@ -34,11 +35,27 @@ def overlay_row(image: np.ndarray, mask: np.ndarray | None, prediction: np.ndarr
     return np.concatenate([grey, paint(grey, truth, GREEN), predicted_panel, errors], axis=1)
 
 
-def overlay_grid(images: np.ndarray, masks: np.ndarray | None, predictions: np.ndarray,
+def caption_strip(text: str, width: int, height: int = 14) -> np.ndarray:
+    """A white (height, width, 3) strip with `text` in black (PIL's built-in font)."""
+    strip = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
+    return np.asarray(strip)
+
+
+def _pad_width(rgb: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(rgb, ((0, 0), (0, width - rgb.shape[1]), (0, 0)), constant_values=255)
+
+
+def overlay_grid(images, masks, predictions, captions: list[str] | None = None,
                  gap: int = 2) -> np.ndarray:
-    """One row per example (see `overlay_row`), rows separated by `gap` white pixels."""
+    """One row per example (see `overlay_row`), each under its caption if given, rows separated
+    by `gap` white pixels. `masks` is a sequence with None for unlabelled examples, or None."""
     rows = [overlay_row(images[i], None if masks is None else masks[i], predictions[i])
             for i in range(len(images))]
-    separator = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
+    width = max(row.shape[1] for row in rows)
+    rows = [_pad_width(row, width) for row in rows]
+    if captions is not None:
+        rows = [np.concatenate([caption_strip(caption, width), row]) for caption, row in zip(captions, rows)]
+    separator = np.full((gap, width, 3), 255, np.uint8)
     stacked = [part for row in rows for part in (row, separator)][:-1]
     return np.concatenate(stacked, axis=0)

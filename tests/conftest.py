@@ -27,3 +27,10 @@ def smoke_config(tfds_dir, vessel_builder):
     config = vessels.get_config("smoke")
     config.dataset.data_dir = tfds_dir
     return config
+
+
+@pytest.fixture(scope="session")
+def duke_builder(tfds_dir):
+    """The shipped Duke DME subjects 1-5, prepared once per test session."""
+    from retina_jax import datasets
+    return datasets.get_builder("duke_dme", data_dir=tfds_dir)

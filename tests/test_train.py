@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -88,6 +89,11 @@ def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke
     if results["checkpoint_step"] == 4:
         assert results["dice"] == pytest.approx(final["dice"])
     assert (tmp_path / "eval" / "validation" / "overlays.png").stat().st_size > 0
+    per_case = list(csv.DictReader((tmp_path / "eval" / "validation" / "per_case.csv").open()))
+    assert len(per_case) == 173 and len({row["id"] for row in per_case}) == 173
+    assert np.mean([float(row["dice"]) for row in per_case]) == pytest.approx(results["dice_per_case_mean"])
+    assert sum(int(row["tp"]) for row in per_case) * 2 / sum(
+        2 * int(row["tp"]) + int(row["fp"]) + int(row["fn"]) for row in per_case) == pytest.approx(results["dice"])
 
     smoke_config.eval.split = "test"
     unlabelled = train.evaluate(smoke_config, tmp_path)
@@ -133,3 +139,27 @@ def test_main_rejects_misspelt_config_key_and_unknown_names(tmp_path):
     unknown_dataset = run_main("--config=configs/vessels.py:smoke", f"--workdir={tmp_path}",
                                "--config.dataset.name=drive2")
     assert unknown_dataset.returncode != 0 and "Unknown dataset 'drive2'" in unknown_dataset.stderr
+
+
+@pytest.mark.slow
+def test_edema_config_trains_then_evaluates_the_test_subjects(tmp_path):
+    """configs/edema.py:smoke end to end on the Duke dummy data, which has subjects 6 and 10."""
+    dummy = REPO / "retina_jax" / "datasets" / "duke_dme" / "dummy_data"
+    common = ["--config=configs/edema.py:smoke", f"--workdir={tmp_path}",
+              f"--config.dataset.data_dir={tmp_path / 'tfds'}", f"--config.dataset.manual_dir={dummy}",
+              "--config.train.batch_size=2",
+              "--config.eval.batch_size=2"]
+    trained = run_main(*common)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "eval/validation" in trained.stderr
+    validation = list(csv.DictReader((tmp_path / "eval" / "validation" / "per_case.csv").open()))
+    assert [(row["id"], row["subject"]) for row in validation] == [("img_44", "5")]
+    evaluated = run_main(*common, "--mode=evaluate", "--config.eval.split=test")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    test_dir = tmp_path / "eval" / "test"
+    rows = list(csv.DictReader((test_dir / "per_case.csv").open()))
+    assert sorted((row["id"], row["subject"], row["bscan_index"]) for row in rows) == [
+        ("img_109", "10", "50"), ("img_55", "6", "10")]
+    metrics = json.loads((test_dir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 2 and 0.0 <= metrics["dice"] <= 1.0
+    assert (test_dir / "overlays.png").stat().st_size > 0

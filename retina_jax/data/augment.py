@@ -43,12 +43,110 @@ def intensity_jitter(example: dict, seed: tf.Tensor, *, brightness: float, contr
     return {**example, "image": example["image"] * factor + delta}
 
 
-def augment_example(example: dict, seed: tf.Tensor, config) -> dict:
-    """Applies the augmentations switched on in `config` (the config's `augment` block)."""
+def _uniform(seed: tf.Tensor, low, high) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed, low, high)
+
+
+def crop_center(mask: tf.Tensor, seed: tf.Tensor, *, box_size: tf.Tensor,
+                positive_fraction: float) -> tf.Tensor:
+    """(row, col) centre of a crop box of `box_size` (float (2,)) in an image of mask's size.
+
+    With probability `positive_fraction` (and when the mask has any foreground) the box is put
+    around a random foreground pixel, jittered by up to a quarter of the box so that the lesion
+    is not always in the middle; otherwise anywhere. The centre is then clamped so that the box
+    stays inside the image (centred when the box is larger than the image).
+    """
+    choose_seed, pick_seed, anywhere_seed, jitter_seed = tf.unstack(_split_seeds(seed, 4))
+    image_size = tf.cast(tf.shape(mask)[:2], tf.float32)
+    low = tf.minimum(box_size / 2, image_size / 2)
+    high = tf.maximum(image_size - box_size / 2, image_size / 2)
+    anywhere = tf.random.stateless_uniform([2], anywhere_seed, low, high)
+    foreground = tf.where(mask[..., 0] > 0.5)
+    num_foreground = tf.shape(foreground, out_type=tf.int64)[0]
+
+    def around_foreground():
+        index = tf.random.stateless_uniform([], pick_seed, 0, num_foreground, dtype=tf.int64)
+        jitter = tf.random.stateless_uniform([2], jitter_seed, -box_size / 4, box_size / 4)
+        return tf.cast(foreground[index], tf.float32) + 0.5 + jitter
+
+    use_foreground = (_uniform(choose_seed, 0.0, 1.0) < positive_fraction) & (num_foreground > 0)
+    center = tf.cond(use_foreground, around_foreground, lambda: anywhere)
+    return tf.clip_by_value(center, low, high)
+
+
+def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int] | None,
+                     scale: float, shift: float, positive_fraction: float, fill_value: float) -> dict:
+    """Resamples a box of `out_size * zoom` (zoom log-uniform in [1/(1+scale), 1+scale]) to
+    `out_size` (None: the image's own size), on every spatial key.
+
+    The box centre comes from `crop_center`, then moves by up to `shift` x the box size (it may
+    then reach outside the image, which reads as `fill_value` for the image and 0 for the mask).
+    The image is sampled bilinearly, the mask by nearest neighbour; with scale = shift = 0 the
+    crop is a slice (exact pixels). The crop must fit in the image unless it is zoomed or shifted.
+    """
+    zoom_seed, center_seed, shift_seed = tf.unstack(_split_seeds(seed, 3))
+    height, width = example["image"].shape[0], example["image"].shape[1]
+    out_height, out_width = out_size or (height, width)
+    out_extent = tf.constant([out_height, out_width], tf.float32)
+    zoom = tf.exp(_uniform(zoom_seed, -tf.math.log1p(scale), tf.math.log1p(scale))) if scale else 1.0
+    box_size = out_extent * zoom
+    center = crop_center(example["mask"], center_seed, box_size=box_size,
+                         positive_fraction=positive_fraction)
+    center += tf.random.stateless_uniform([2], shift_seed, -shift, shift) * box_size if shift else 0.0
+    top_left = tf.floor(center - box_size / 2)
+    if not scale and not shift:  # a window of whole pixels: slice it, exactly
+        if out_height > height or out_width > width:
+            raise ValueError(f"Crop {out_height}x{out_width} is larger than the {height}x{width} "
+                             "images; lower config.augment.crop_size (or zoom/shift to pad).")
+        top, left = tf.unstack(tf.cast(top_left, tf.int32))
+        return {**example, **{key: example[key][top:top + out_height, left:left + out_width]
+                              for key in SPATIAL_KEYS}}
+    spacing = box_size / out_extent
+    # Pixel centres of the first and last output samples, as crop_and_resize's normalised box.
+    first = top_left + 0.5 * spacing - 0.5
+    last = top_left + (out_extent - 0.5) * spacing - 0.5
+    image_extent = tf.constant([height - 1, width - 1], tf.float32)
+    boxes = tf.concat([first / image_extent, last / image_extent], axis=0)[None]
+
+    def resample(tensor, method, fill):
+        crop = tf.image.crop_and_resize(tensor[None], boxes, [0], [out_height, out_width],
+                                        method=method, extrapolation_value=fill)
+        return tf.cast(crop[0], tensor.dtype)
+
+    return {**example,
+            "image": resample(example["image"], "bilinear", fill_value),
+            "mask": resample(example["mask"], "nearest", 0.0)}
+
+
+def speckle(example: dict, seed: tf.Tensor, *, sigma: float, black_level: float) -> dict:
+    """Multiplicative noise, the kind OCT has: raw intensity r -> r * (1 + sigma * N(0, 1)).
+
+    Applied to the normalised image, where r is proportional to (image - black_level).
+    """
+    noise = tf.random.stateless_normal(tf.shape(example["image"]), seed, stddev=sigma)
+    image = example["image"]
+    return {**example, "image": image + (image - black_level) * noise}
+
+
+def augment_example(example: dict, seed: tf.Tensor, config, *, black_level: float = 0.0) -> dict:
+    """Applies the augmentations switched on in `config` (the config's `augment` block).
+
+    `black_level` is what a black pixel is after normalisation: the value of regions a shifted or
+    zoomed-out crop brings in from outside the image, and the zero of the speckle noise.
+    """
+    if config.crop_size or config.scale or config.shift:
+        example = crop_scale_shift(
+            example, tf.random.experimental.stateless_fold_in(seed, 1),
+            out_size=tuple(config.crop_size) if config.crop_size else None, scale=config.scale,
+            shift=config.shift, positive_fraction=config.positive_crop_fraction,
+            fill_value=black_level)
     geometry_seed, intensity_seed = tf.unstack(_split_seeds(seed, 2))
     example = flip_and_rotate(example, geometry_seed, hflip=config.hflip, vflip=config.vflip,
                               rot90=config.rot90)
     if config.brightness or config.contrast:
         example = intensity_jitter(example, intensity_seed, brightness=config.brightness,
                                    contrast=config.contrast)
+    if config.speckle:
+        example = speckle(example, tf.random.experimental.stateless_fold_in(seed, 2),
+                          sigma=config.speckle, black_level=black_level)
     return example

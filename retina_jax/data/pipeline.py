@@ -13,9 +13,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from retina_jax.data.augment import augment_example
-from retina_jax.data.preprocess import preprocess_example
+from retina_jax.data.preprocess import black_level, preprocess_example
 
-_FEATURE_KEYS = ("image", "mask", "labelled")
+# Features that identify an evaluation example in per-case tables (kept when the dataset has them).
+CASE_KEYS = ("id", "subject", "bscan_index")
 
 
 def process_split(split: str, process_index: int, process_count: int) -> str:
@@ -25,12 +26,18 @@ def process_split(split: str, process_index: int, process_count: int) -> str:
     return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
 
 
-def _read_preprocessed(builder, split: str, config) -> tf.data.Dataset:
+def _read_preprocessed(builder, split: str, config, keep_keys: tuple[str, ...] = ()) -> tf.data.Dataset:
+    """Preprocessed examples of `split` in a fixed order, plus the features named in `keep_keys`."""
     dataset = builder.as_dataset(split=split, shuffle_files=False,
                                  read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1))
-    dataset = dataset.map(lambda example: {k: example[k] for k in _FEATURE_KEYS if k in example})
-    dataset = dataset.map(lambda example: preprocess_example(
-        example, mean=config.input.mean, std=config.input.std), num_parallel_calls=tf.data.AUTOTUNE)
+    kept = [key for key in keep_keys if key in builder.info.features]
+
+    def preprocess(example):
+        processed = preprocess_example(example, mean=config.input.mean, std=config.input.std,
+                                       denoise_method=config.input.denoise)
+        return {**processed, **{key: example[key] for key in kept}}
+
+    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.cache() if config.dataset.cache else dataset
 
 
@@ -62,7 +69,8 @@ def train_batches(builder, config, *, local_batch_size: int, start_step: int,
         # Unique per (process, example): processes never share augmentation randomness.
         seed = tf.stack([tf.constant(config.seed, tf.int64),
                          example_index * process_count + process_index])
-        return augment_example(example, seed, config.augment)
+        return augment_example(example, seed, config.augment,
+                               black_level=black_level(config.input.mean, config.input.std))
 
     stream = tf.data.Dataset.zip(indices, stream).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     stream = stream.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -89,6 +97,8 @@ def eval_dataset(builder, split: str, config, *, local_batch_size: int,
                  ) -> tuple[tf.data.Dataset, int]:
     """This process's part of `split`, in order, batched; and the batch count every process runs.
 
+    Batches carry the `CASE_KEYS` the dataset has (e.g. `id`) besides the model's inputs.
+
     Build it once and pass it to `padded_batches` for every evaluation: with `dataset.cache`
     the decoded split stays in memory between evaluations.
     """
@@ -98,7 +108,8 @@ def eval_dataset(builder, split: str, config, *, local_batch_size: int,
         raise ValueError(f"Dataset {builder.name} has no split {split!r}; "
                          f"it has {sorted(builder.info.splits)}.")
     num_batches = num_eval_batches(builder, split, local_batch_size, process_count)
-    dataset = _read_preprocessed(builder, process_split(split, process_index, process_count), config)
+    dataset = _read_preprocessed(builder, process_split(split, process_index, process_count), config,
+                                 keep_keys=CASE_KEYS)
     return dataset.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
 
 

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-# name -> module holding `Builder` (a tfds GeneratorBasedBuilder with manual data) and
-# `DEFAULT_MANUAL_DIR` (where the raw files are when the config names none; may not exist).
+# name -> module holding `Builder` (a tfds GeneratorBasedBuilder with manual data),
+# `DEFAULT_MANUAL_DIR` (where the raw files are when the config names none; may not exist, and
+# "" when there is no default) and optionally `make_builder(manual_dir, data_dir)`, for builders
+# whose configuration is read from the raw data.
 _BUILDER_MODULES = {
+    "duke_dme": "retina_jax.datasets.duke_dme.duke_dme_dataset_builder",
+    "image_folder": "retina_jax.datasets.image_folder.image_folder_dataset_builder",
     "retina_vessels": "retina_jax.datasets.retina_vessels.retina_vessels_dataset_builder",
 }
 
@@ -58,13 +62,19 @@ def get_builder(name: str, *, data_dir: str = "", manual_dir: str = "") -> tfds.
     `../shared/data/...`); empty `data_dir` means `default_data_dir()`.
     """
     module = builder_module(name)
+    if not (manual_dir or module.DEFAULT_MANUAL_DIR):
+        raise ValueError(f"Dataset {name!r} has no built-in data: pass --config.dataset.manual_dir=PATH."
+                         f"\n{module.Builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     raw_dir = Path(manual_dir or module.DEFAULT_MANUAL_DIR).expanduser().resolve()
     if not raw_dir.is_dir():
         raise FileNotFoundError(
             f"Raw data folder for dataset {name!r} not found: {raw_dir}. "
             f"Pass --config.dataset.manual_dir=PATH.\n{module.Builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     prepared_dir = Path(data_dir or default_data_dir()) / f"{name}-{raw_data_fingerprint(raw_dir)}"
-    builder = module.Builder(data_dir=str(prepared_dir))
+    if hasattr(module, "make_builder"):
+        builder = module.make_builder(raw_dir, str(prepared_dir))
+    else:
+        builder = module.Builder(data_dir=str(prepared_dir))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(raw_dir)))
     return builder

@@ -1,0 +1,64 @@
+"""scripts/benchmark.py: its JSON contract on a tiny run, and the peak estimate it divides by."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "benchmark.py"
+KEYS = {"model", "size", "batch", "devices", "train_img_per_s", "infer_img_per_s",
+        "forward_gflops_per_image", "train_gflops_per_s", "peak_gflops", "peak_share",
+        "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference"}
+POSITIVE = ("train_img_per_s", "infer_img_per_s", "forward_gflops_per_image", "train_gflops_per_s",
+            "peak_gflops", "peak_share", "compile_seconds", "peak_memory_mb", "pipeline_train_img_per_s")
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_prints_the_json_contract_last(tfds_dir, vessel_builder):
+    # 64x64 is the vessel set's own size, so the input pipeline is timed too; 2 host devices.
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size=64", "--batch=4", "--steps=2", "--warmup=1", "--devices=2",
+         "--no-reference", f"--data_dir={tfds_dir}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+             "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert KEYS <= set(report)
+    assert (report["model"], report["size"], report["batch"], report["devices"]) == ("unet", 64, 4, 2)
+    assert all(report[key] > 0 for key in POSITIVE), report
+    assert 0 <= report["input_wait_share"] < 1
+    assert report["forward_gflops_per_image"] == pytest.approx(0.36, rel=0.1)  # the seed U-Net at 64x64
+    assert report["reference"] is None and report["ratio_vs_reference"] is None
+    assert any(line.startswith("peak:") for line in lines[:-1])  # the formula is printed
+
+
+AVX512_CPUINFO = "processor\t: 0\ncpu MHz\t\t: 2596.140\nflags\t\t: fpu sse fma avx avx2 avx512f\n"
+
+
+def test_peak_is_cores_times_clock_times_fma_width():
+    benchmark = load_benchmark()
+    peak, formula = benchmark.peak_gflops(AVX512_CPUINFO, None, cores=2)
+    assert peak == pytest.approx(2 * 2.59614 * 16 * 2 * 2)
+    assert "16 fp32 lanes" in formula
+    assert benchmark.peak_gflops(AVX512_CPUINFO, "3000000", cores=1)[0] == pytest.approx(3.0 * 16 * 4)
+    avx2 = AVX512_CPUINFO.replace(" avx512f", "")
+    assert benchmark.peak_gflops(avx2, None, cores=1)[0] == pytest.approx(2.59614 * 8 * 4)
+    with pytest.raises(ValueError, match="cpu MHz"):
+        benchmark.peak_gflops("flags\t: avx2 fma\n", None, cores=1)
+
+
+def test_classification_models_are_refused_with_a_reason():
+    with pytest.raises(SystemExit, match="resnet18.*classification"):
+        load_benchmark().main(["--model=resnet18"])

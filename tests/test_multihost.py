@@ -1,0 +1,161 @@
+"""Multi-process (multi-host) data parallelism, proven with real processes on one machine.
+
+Two CPU processes with one device each join through `jax.distributed` (gloo collectives,
+coordinator on 127.0.0.1) and must train exactly like one process fed the same global batch.
+The rules that decide when a process joins a distributed run are tested as pure functions.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from retina_jax import parallel
+from tests import multihost_step
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_SECONDS = 240
+# Cheap compiles (as in conftest) and no accelerator: the processes must meet on the CPU.
+SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+                  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def parallel_config(address: str = "", num_processes: int = 0, process_id: int = -1):
+    return ml_collections.ConfigDict({"coordinator_address": address, "num_processes": num_processes,
+                                      "process_id": process_id})
+
+
+SRUN_4_TASKS = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "4",
+                "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
+
+
+@pytest.mark.parametrize("environ, processes", [
+    ({}, 1),
+    (SRUN_4_TASKS, 4),
+    ({**SRUN_4_TASKS, "SLURM_NTASKS": "1"}, 1),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, 1),  # the sbatch script itself, not a srun step
+    ({"OMPI_MCA_orte_hnp_uri": "1.2.3.4:5", "OMPI_COMM_WORLD_SIZE": "3"}, 3),
+    ({"TPU_WORKER_HOSTNAMES": "tpu-0,tpu-1,tpu-2,tpu-3"}, 4),
+])
+def test_launcher_process_count(environ, processes):
+    assert parallel.launcher_process_count(environ) == processes
+
+
+def test_distributed_arguments():
+    assert parallel.distributed_arguments(parallel_config(), {}) is None
+    assert parallel.distributed_arguments(parallel_config("10.0.0.1:1234", 2, 0), {}) == {
+        "coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 0}
+    # A launcher supplies what the config leaves unset; JAX reads it from the environment.
+    assert parallel.distributed_arguments(parallel_config(), SRUN_4_TASKS) == {}
+    assert parallel.distributed_arguments(parallel_config("10.0.0.1:1234"), SRUN_4_TASKS) == {
+        "coordinator_address": "10.0.0.1:1234"}
+    assert parallel.distributed_arguments(parallel_config("auto"), {}) == {}
+    assert parallel.distributed_arguments(parallel_config("auto", 8), {}) == {"num_processes": 8}
+
+
+def test_distributed_arguments_without_launcher_need_all_three_fields():
+    with pytest.raises(ValueError, match=r"not \['num_processes', 'process_id'\]"):
+        parallel.distributed_arguments(parallel_config("10.0.0.1:1234"), {})
+    with pytest.raises(ValueError, match=r"not \['coordinator_address'\]"):
+        parallel.distributed_arguments(parallel_config("", 2, 1), {})
+
+
+def test_cpu_devices_split_the_batch_over_every_process(monkeypatch):
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(4)))
+    config = ml_collections.ConfigDict({"parallel": {"cpu_devices": 0},
+                                        "train": {"batch_size": 12}, "eval": {"batch_size": 24}})
+    assert parallel.cpu_device_count(config) == 4
+    assert parallel.cpu_device_count(config, process_count=2) == 3   # 2 x 3 devices split 12
+    assert parallel.cpu_device_count(config, process_count=5) == 1   # left to local_batch_size to reject
+    config.parallel.cpu_devices = 2
+    assert parallel.cpu_device_count(config, process_count=2) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_together(commands: list[list[str]], log_dir: Path, meanwhile=lambda: None) -> tuple[list[str], object]:
+    """Runs the commands as concurrent processes, and `meanwhile()` here while they run.
+
+    Returns their stdout and what `meanwhile` returned, failing on any error. Output goes to
+    files, not pipes: a process blocked on a full pipe would stall its peers in a collective.
+    A process that dies leaves the others waiting, hence the shared deadline.
+    """
+    logs = [(log_dir / f"process_{index}.out", log_dir / f"process_{index}.err")
+            for index in range(len(commands))]
+    processes = [subprocess.Popen(command, stdout=out.open("w"), stderr=err.open("w"), cwd=REPO,
+                                  env=SUBPROCESS_ENV) for command, (out, err) in zip(commands, logs)]
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    try:
+        in_this_process = meanwhile()
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Processes still running after {TIMEOUT_SECONDS} s; stderr of process 0:\n"
+                    + logs[0][1].read_text()[-3000:])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (out, err) in zip(processes, logs):
+        assert process.returncode == 0, f"{process.args}\n{err.read_text()[-3000:]}"
+    return [out.read_text() for out, _ in logs], in_this_process
+
+
+def last_json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_two_processes_train_like_one(tmp_path):
+    helper = [sys.executable, str(REPO / "tests" / "multihost_step.py")]
+    two, one = tmp_path / "two_processes", tmp_path / "one_process"
+    two.mkdir()
+    one.mkdir()
+    port = str(free_port())
+    outputs, (single, single_params) = run_together(
+        [[*helper, str(index), "2", port, str(two)] for index in range(2)], two,
+        meanwhile=lambda: multihost_step.train_and_checkpoint(one))  # the 1-process baseline
+    results = [last_json_line(stdout) for stdout in outputs]
+
+    assert [result["process_id"] for result in results] == [0, 1]
+    assert all(result["processes"] == 2 and result["devices"] == 2 and result["local_devices"] == 1
+               for result in results)
+    assert single["processes"] == 1 and single["devices"] == 1
+    assert single["param_change"] > 1e-3  # the steps did move the parameters
+    for result in results:
+        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5)
+        assert result["restored_diff"] == 0.0  # Orbax saved and restored across both processes
+
+    params = [np.load(two / f"params_{index}.npz") for index in range(2)]
+    assert set(params[0]) == set(single_params) and len(single_params) > 0
+    for name in single_params:
+        np.testing.assert_array_equal(params[0][name], params[1][name])  # replicas never drift
+        np.testing.assert_allclose(params[0][name], single_params[name], atol=1e-5, err_msg=name)
+
+    # Checkpoints written by 2 processes and by 1 restore alike onto this process's devices.
+    at_step_two = multihost_step.restore_params(two), multihost_step.restore_params(one)
+    assert multihost_step.max_abs_difference(*at_step_two) < 1e-5
+
+
+@pytest.mark.slow
+def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp_path):
+    port, workdir = free_port(), tmp_path / "run"
+    common = [sys.executable, "-m", "retina_jax.main", "--config=configs/vessels.py:smoke",
+              f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}",
+              "--config.train.num_steps=2", f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+              "--config.parallel.num_processes=2", "--config.parallel.cpu_devices=1"]
+    run_together([[*common, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["step"] == 2
+    assert metrics["num_examples"] == 173  # each process evaluated its own half of the split
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1  # only process 0 logs
