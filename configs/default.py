@@ -23,6 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.mean = 0.445        # image -> (image / 255 - mean) / std; train-split statistics
     config.input.std = 0.098
     config.input.denoise = "none"    # none | median3 (3x3 median, e.g. against OCT speckle)
+    config.input.channel = "all"     # all | green | luminance (colour fundus: vessels contrast in green)
+    config.input.clahe_clip = 0.0    # CLAHE clip limit (OpenCV's convention, e.g. 2.0); 0 = off
+    config.input.clahe_grid = 8      # CLAHE tiles per side
+    config.input.gamma = 1.0         # grey -> 255 * (grey / 255) ** gamma; 1 = off
+    config.input.standardize = "dataset"  # dataset: with mean/std above; image: per image (over its FOV)
 
     config.augment = ml_collections.ConfigDict()
     config.augment.hflip = True
@@ -35,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.scale = 0.0       # zoom in [1/(1+s), 1+s] (log-uniform)
     config.augment.shift = 0.0       # translation up to this fraction of the crop size
     config.augment.speckle = 0.0     # multiplicative noise: intensity * (1 + N(0, speckle))
+    config.augment.rotation = 0.0    # crops turned by up to this many degrees (either way)
+    config.augment.patches_per_image = 1  # crops of each image per epoch (patch training)
 
     # Fields left unset (None) take the model's own default, so `--config.model.name=X` works
     # for every registered model; a field that model does not accept is reported by name.
@@ -67,6 +74,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.threshold = 0.5
     config.eval.num_bins = 1000       # probability histogram resolution for AUC
     config.eval.num_overlays = 8
+    config.eval.tune_threshold = False    # also report metrics at the validation F1-best threshold
+    config.eval.save_probabilities = False  # eval/<split>/probabilities/<id>.png
+
+    # How evaluation turns whole images into probability maps (retina_jax/inference.py).
+    config.inference = ml_collections.ConfigDict()
+    config.inference.method = "whole"     # whole | sliding_window
+    config.inference.tile_size = 256      # sliding_window: square tiles of this many pixels
+    config.inference.overlap = 0.25       # sliding_window: fraction of a tile shared with the next
+    config.inference.tile_batch = 4       # sliding_window: tiles per image per model call
+    config.inference.flip_tta = False     # average over left-right / up-down mirror images
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.best_metric = "dice"

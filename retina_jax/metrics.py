@@ -19,7 +19,12 @@ with the ground truth on every counted pixel (fp + fn == 0), else 0.0. Case by c
 
 So an empty GT with some predicted positives scores dice = iou = precision = 0.0 by the
 formulas and recall = 0.0 by the rule; with no counted pixel at all every ratio is 1.0.
-`auc_roc` is None whenever the counted pixels hold only one class (or none).
+`auc_roc` is None whenever the counted pixels hold only one class (or none), `auc_pr` whenever
+they hold no positive pixel.
+
+The histograms also give the metrics at any other threshold on the bin grid (k / num_bins:
+a pixel is predicted positive where its bin is >= k), the ROC and precision-recall curves and
+the F1-maximising threshold, all exactly, with no second pass over the data.
 """
 import jax
 import jax.numpy as jnp
@@ -126,3 +131,65 @@ def compute_segmentation_metrics(counts: dict) -> dict[str, float | int | None]:
         "auc_roc": auc_from_histograms(counts["pos_hist"], counts["neg_hist"]),
         "num_pixels": tp + fp + fn + tn,
     }
+
+
+def cumulative_counts(pos_hist, neg_hist) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, fp), each (num_bins + 1,): tp[k] / fp[k] = positive / negative pixels whose bin is
+    >= k, i.e. predicted positive at threshold k / num_bins (tp[num_bins] = fp[num_bins] = 0)."""
+    def at_or_above(hist):
+        hist = np.asarray(hist, np.int64)
+        return np.concatenate([np.cumsum(hist[::-1])[::-1], [0]])
+    return at_or_above(pos_hist), at_or_above(neg_hist)
+
+
+def confusion_at_bin(pos_hist, neg_hist, bin_threshold: int) -> dict[str, int]:
+    """`tp`, `fp`, `fn`, `tn` when pixels of bin >= `bin_threshold` are predicted positive."""
+    tp, fp = cumulative_counts(pos_hist, neg_hist)
+    num_pos, num_neg = int(tp[0]), int(fp[0])
+    hits, false_alarms = int(tp[bin_threshold]), int(fp[bin_threshold])
+    return {"tp": hits, "fp": false_alarms, "fn": num_pos - hits, "tn": num_neg - false_alarms}
+
+
+def average_precision_from_histograms(pos_hist, neg_hist) -> float | None:
+    """Area under the precision-recall curve as average precision, sum_k (R_k - R_k+1) P_k over
+    the bin thresholds from the highest down (sklearn's `average_precision_score` of the bin
+    indices: pixels of one bin enter together). None when there is no positive pixel."""
+    tp, fp = cumulative_counts(pos_hist, neg_hist)
+    if tp[0] == 0:
+        return None
+    recall = tp / tp[0]
+    predicted = tp + fp
+    precision = np.divide(tp, predicted, out=np.ones(len(tp)), where=predicted > 0)
+    return float(np.sum((recall[:-1] - recall[1:]) * precision[:-1]))
+
+
+def best_f1_threshold(pos_hist, neg_hist) -> tuple[float | None, float | None]:
+    """(threshold k / num_bins, its F1) of the bin threshold with the highest F1 (the highest
+    such threshold on ties); (None, None) when there is no positive pixel."""
+    tp, fp = cumulative_counts(pos_hist, neg_hist)
+    if tp[0] == 0:
+        return None, None
+    f1 = 2 * tp / (2 * tp + fp + (tp[0] - tp))
+    best = len(f1) - 1 - int(np.argmax(f1[::-1]))
+    return best / (len(f1) - 1), float(f1[best])
+
+
+def bin_of_threshold(threshold: float, num_bins: int) -> int:
+    """The bin threshold k with k / num_bins = `threshold`, which must lie on that grid (0.5
+    does for an even num_bins; chosen thresholds always do)."""
+    bin_threshold = round(threshold * num_bins)
+    if not np.isclose(bin_threshold, threshold * num_bins, atol=1e-6) or not 0 <= bin_threshold <= num_bins:
+        raise ValueError(f"Threshold {threshold} is not a multiple of 1/{num_bins} in [0, 1]; with "
+                         f"{num_bins} histogram bins use one that is.")
+    return bin_threshold
+
+
+def curves(pos_hist, neg_hist) -> dict[str, np.ndarray]:
+    """ROC (`fpr`, `tpr`) and precision-recall (`recall`, `precision`) points at every bin
+    threshold, from the highest (nothing predicted) to 0 (everything predicted)."""
+    tp, fp = cumulative_counts(pos_hist, neg_hist)
+    tp, fp = tp[::-1].astype(np.float64), fp[::-1].astype(np.float64)
+    predicted = tp + fp
+    return {"fpr": fp / max(fp[-1], 1.0), "tpr": tp / max(tp[-1], 1.0),
+            "recall": tp / max(tp[-1], 1.0),
+            "precision": np.divide(tp, predicted, out=np.ones(len(tp)), where=predicted > 0)}

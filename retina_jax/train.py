@@ -27,7 +27,8 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from retina_jax import checkpoint, datasets, io_utils, losses, metrics, models, parallel, viz
+from retina_jax import (checkpoint, datasets, inference, io_utils, losses, metrics, models, parallel,
+                        viz)
 from retina_jax.data import pipeline
 from retina_jax.tasks import segmentation
 
@@ -105,7 +106,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> jnp.ndarray:
@@ -114,14 +115,23 @@ def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> j
     return jax.nn.sigmoid(logits)
 
 
-def eval_step(state: TrainState, batch: dict, *, model, threshold: float,
+def eval_step(state: TrainState, batch: dict, *, predict: inference.Predict, threshold: float,
               num_bins: int) -> tuple[dict, dict, jnp.ndarray]:
-    """Split-level count sums, per-example counts and the probability maps of one batch."""
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
-                         train=False)
-    probabilities = jax.nn.sigmoid(logits)
-    return (segmentation.eval_counts(logits, batch, threshold=threshold, num_bins=num_bins),
+    """Split-level count sums, per-example counts and the probability maps of one batch;
+    `predict` (see `inference.make_predictor`) maps whole images to probabilities."""
+    probabilities = predict({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+    return (segmentation.eval_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
             segmentation.case_counts(probabilities, batch, threshold=threshold), probabilities)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One pass over a split: `metrics` (segmentation.summarize), per-case rows, the worst / best
+    cases, and the accumulated counts (histograms: metrics at other thresholds, curves)."""
+    metrics: dict
+    cases: list[dict]
+    gallery: segmentation.Gallery
+    counts: dict
 
 
 class Experiment:
@@ -134,12 +144,11 @@ class Experiment:
                                             manual_dir=config.dataset.manual_dir)
         self.model = build_model(config)
         self.tx = make_optimizer(config)
-        self.run_info = {"model": model_record(config.model.name, self.model)}
+        # `dataset` tells a later evaluation on another dataset (cross-dataset) where to report.
+        self.run_info = {"model": model_record(config.model.name, self.model),
+                         "dataset": config.dataset.name}
         replicated = parallel.replicated(self.mesh)
-        image_shape = tuple(self.builder.info.features["image"].shape)
-        if None in image_shape:
-            raise ValueError(f"Dataset {config.dataset.name} has variable image size {image_shape}; "
-                             "set a fixed input size in the config.")
+        image_shape = pipeline.model_input_shape(self.builder, config)
         root_key = jax.random.key(config.seed)
         init_key, dropout_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
         self.initial_state = jax.jit(
@@ -150,8 +159,8 @@ class Experiment:
                               loss_fn=losses.get_loss(config.train.loss), dropout_key=dropout_key),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
         self.eval_step = jax.jit(
-            functools.partial(eval_step, model=self.model, threshold=config.eval.threshold,
-                              num_bins=config.eval.num_bins),
+            functools.partial(eval_step, predict=inference.make_predictor(self.model, config.inference),
+                              threshold=config.eval.threshold, num_bins=config.eval.num_bins),
             out_shardings=(replicated, replicated, parallel.batch_sharded(self.mesh)))
 
     def local_batch_size(self, global_batch_size: int) -> int:
@@ -161,30 +170,40 @@ class Experiment:
         return pipeline.eval_dataset(self.builder, split, self.config,
                                      local_batch_size=self.local_batch_size(self.config.eval.batch_size))
 
-    def evaluate(self, state: TrainState, eval_data) -> tuple[dict, list[dict], segmentation.Gallery]:
-        """Metrics over the whole split, one row per example, and the worst / best examples."""
+    def evaluate(self, state: TrainState, eval_data, *,
+                 probability_dir: Path | None = None) -> Evaluation:
+        """Metrics over the whole split, one row per example, and the worst / best examples.
+
+        With `probability_dir`, each process also writes its examples' probability maps there
+        as `<id>.png` (0 outside the field of view).
+        """
         dataset, num_batches = eval_data
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
         total, cases = None, []
         gallery = segmentation.Gallery(self.config.eval.num_overlays)
         for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
-            model_inputs = {key: batch[key] for key in MODEL_INPUT_KEYS}
+            model_inputs = {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
             split_counts, example_counts, probabilities = self.eval_step(
                 state, parallel.to_global_batch(model_inputs, self.mesh))
             total = metrics.accumulate(total, jax.device_get(split_counts))
-            info = {key: value for key, value in batch.items() if key not in ("image", "mask")}
+            info = {key: batch[key] for key in (*pipeline.CASE_KEYS, "valid", "labelled") if key in batch}
             cases += segmentation.case_rows(jax.device_get(example_counts), gather_case_info(info))
             local_rows = segmentation.case_rows(
                 jax.tree.map(parallel.process_local, example_counts), info)
             local_probabilities = multihost_utils.global_array_to_host_local_array(
                 probabilities, self.mesh, jax.sharding.PartitionSpec(parallel.DATA_AXIS))
             for index, row in zip(np.flatnonzero(batch["valid"] > 0), local_rows):
-                gallery.add(row, batch["image"][index], batch["mask"][index],
-                            np.asarray(local_probabilities[index]))
-        return segmentation.summarize(total, cases), cases, gallery
+                probability = np.asarray(local_probabilities[index])
+                if "fov" in batch:  # what lies outside the field of view is never scored
+                    probability = probability * batch["fov"][index]
+                gallery.add(row, batch["image"][index], batch["mask"][index], probability)
+                if probability_dir is not None:
+                    io_utils.write_png(probability_dir / f"{row['id']}.png", viz.probability_map(probability))
+        return Evaluation(segmentation.summarize(total, cases), cases, gallery, total)
 
 
-MODEL_INPUT_KEYS = ("image", "mask", "labelled", "valid")
+# Batch features the jitted evaluation step reads (those the dataset has).
+MODEL_INPUT_KEYS = ("image", "mask", "labelled", "valid", "fov", *pipeline.SECOND_OBSERVER_KEYS)
 
 
 def gather_case_info(local_info: dict) -> dict:
@@ -277,10 +296,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             interval_losses = []
             interval_start = time.perf_counter()
         if is_eval_step:
-            last_metrics, _, gallery = experiment.evaluate(state, validation)
+            evaluation = experiment.evaluate(state, validation)
+            last_metrics = evaluation.metrics
             writer.write_scalars(step, {f"validation/{k}": v for k, v in last_metrics.items()
                                         if isinstance(v, (int, float))})
-            overlays = overlay_image(gallery, config.eval.threshold)
+            overlays = overlay_image(evaluation.gallery, config.eval.threshold)
             if overlays is not None:
                 writer.write_images(step, {"validation/overlays": overlays[None]})
             logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
@@ -294,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      stop_step, num_steps)
         return last_metrics or {}
     if last_metrics is None:  # nothing left to train: the checkpoint already holds the final step
-        last_metrics, _, _ = experiment.evaluate(state, validation)
+        last_metrics = experiment.evaluate(state, validation).metrics
     final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2)}
     if is_main_process:
         io_utils.write_json(workdir / "metrics.json", final)
@@ -316,11 +336,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Path) -> dict:
     """Evaluates the best checkpoint (latest if none is ranked, or if config.eval.checkpoint is
-    'latest') on `split` and writes `workdir/eval/<split>/`:
+    'latest') on `split` and writes `workdir/eval/<split>/` (`eval/<dataset>/<split>/` for a
+    dataset other than the one the checkpoint was trained on):
 
-      metrics.json   split-level metrics (see segmentation.summarize) and `checkpoint_step`
+      metrics.json   split-level metrics (see segmentation.summarize) and `checkpoint_step`;
+                     with config.eval.tune_threshold also `validation_threshold` and the
+                     metrics at it (`at_validation_threshold`)
       per_case.csv   one row per example: id (+ subject, ...), pixel counts, dice, iou, ...
       overlays.png   image | ground truth | prediction | errors of the worst and best cases
+      roc.png, pr.png              the split's ROC and precision-recall curves (labelled splits)
+      probabilities/<id>.png       probability maps, with config.eval.save_probabilities
     """
     config = experiment.config
     step = manager.best_step() if config.eval.checkpoint == "best" else manager.latest_step()
@@ -329,20 +354,78 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     if step is None:
         raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}; train first "
                                 f"(--mode=train with the same --workdir).")
-    state, _ = restore_or_initial(experiment, manager, step)
-    results, cases, gallery = experiment.evaluate(state, experiment.eval_data(split))
-    results = {**results, "checkpoint_step": step}
-    out_dir = workdir / "eval" / split
-    overlays = overlay_image(gallery, config.eval.threshold)
+    state, saved_info = restore_or_initial(experiment, manager, step)
+    trained_on = saved_info.get("dataset", config.dataset.name)
+    out_dir = eval_dir(workdir, config.dataset.name, trained_on, split)
+    own_validation = config.dataset.name == trained_on and split == config.dataset.validation_split
+    threshold = None
+    if config.eval.tune_threshold and not own_validation:
+        threshold = validation_threshold(experiment, manager, workdir, step, trained_on)
+    evaluation = experiment.evaluate(
+        state, experiment.eval_data(split),
+        probability_dir=out_dir / "probabilities" if config.eval.save_probabilities else None)
+    results = {**evaluation.metrics, "checkpoint_step": step}
+    labelled = results.get("labelled", True)
+    if config.eval.tune_threshold and labelled:
+        threshold = results["best_threshold"] if own_validation else threshold
+        results["validation_threshold"] = threshold
+        results["at_validation_threshold"] = segmentation.at_threshold(evaluation.counts, threshold)
+    overlays = overlay_image(evaluation.gallery, config.eval.threshold)
     if jax.process_index() == 0:
         io_utils.write_json(out_dir / "metrics.json", results)
-        io_utils.write_csv(out_dir / "per_case.csv", cases, case_columns(cases))
+        io_utils.write_csv(out_dir / "per_case.csv", evaluation.cases, case_columns(evaluation.cases))
         if overlays is not None:
             io_utils.write_png(out_dir / "overlays.png", overlays)
+        if labelled and results["auc_roc"] is not None:
+            write_curves(out_dir, evaluation.counts, results)
     logging.info("%s metrics (checkpoint step %d): %s", split, step, _format_metrics(results))
-    logging.info("Wrote %s, per_case.csv and overlays.png (worst and best cases) in %s",
-                 "metrics.json", out_dir)
+    logging.info("Wrote metrics.json, per_case.csv, overlays.png (worst and best cases) and "
+                 "curves in %s", out_dir)
     return results
+
+
+def eval_dir(workdir: Path, dataset: str, trained_on: str, split: str) -> Path:
+    """workdir/eval/<split>, or workdir/eval/<dataset>/<split> for a dataset the checkpoint was
+    not trained on (a cross-dataset evaluation never overwrites the home dataset's results)."""
+    return workdir / "eval" / split if dataset == trained_on else workdir / "eval" / dataset / split
+
+
+def validation_threshold(experiment: Experiment, manager, workdir: Path, step: int,
+                         trained_on: str) -> float:
+    """The F1-maximising threshold of checkpoint `step` on the validation split of the dataset it
+    was trained on, from `eval/<validation split>/metrics.json`. When that file is missing or
+    holds another checkpoint's, the validation split is evaluated first (on the home dataset)."""
+    config = experiment.config
+    path = workdir / "eval" / config.dataset.validation_split / "metrics.json"
+
+    def saved_threshold():
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        return saved.get("best_threshold") if saved.get("checkpoint_step") == step else None
+
+    if saved_threshold() is None:
+        if config.dataset.name != trained_on:
+            raise FileNotFoundError(
+                f"{path} has no threshold chosen for checkpoint {step}: evaluate the validation "
+                f"split of {trained_on!r} first (--mode=evaluate --config.dataset.name={trained_on} "
+                f"--config.eval.split={config.dataset.validation_split} with the same workdir), or "
+                "pass --config.eval.tune_threshold=False.")
+        evaluate_checkpoint(experiment, manager, config.dataset.validation_split, workdir)
+    threshold = saved_threshold()
+    if threshold is None:
+        raise ValueError(f"{path} has no best_threshold: the validation split has no vessel pixel "
+                         "to choose a threshold on.")
+    return threshold
+
+
+def write_curves(out_dir: Path, counts: dict, results: dict) -> None:
+    """roc.png and pr.png of the accumulated histograms, with the AUCs in their titles."""
+    points = metrics.curves(counts["pos_hist"], counts["neg_hist"])
+    io_utils.write_png(out_dir / "roc.png", viz.curve_plot(
+        points["fpr"], points["tpr"], title=f"ROC  AUC {results['auc_roc']:.4f}",
+        x_label="1 - specificity", y_label="sensitivity", diagonal=True))
+    io_utils.write_png(out_dir / "pr.png", viz.curve_plot(
+        points["recall"], points["precision"], title=f"Precision-recall  AP {results['auc_pr']:.4f}",
+        x_label="recall", y_label="precision"))
 
 
 def case_columns(cases: list[dict]) -> list[str]:

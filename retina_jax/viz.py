@@ -59,3 +59,35 @@ def overlay_grid(images, masks, predictions, captions: list[str] | None = None,
     separator = np.full((gap, width, 3), 255, np.uint8)
     stacked = [part for row in rows for part in (row, separator)][:-1]
     return np.concatenate(stacked, axis=0)
+
+
+def probability_map(probability: np.ndarray) -> np.ndarray:
+    """(H,W,1) probabilities in [0, 1] -> (H,W) uint8 grey levels (255 = certain vessel)."""
+    return np.round(np.clip(probability[..., 0], 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def curve_plot(x: np.ndarray, y: np.ndarray, *, title: str, x_label: str, y_label: str,
+               diagonal: bool = False, size: int = 360, margin: int = 40) -> np.ndarray:
+    """A (size, size, 3) uint8 line plot of y against x, both in [0, 1], with a frame, grid lines
+    every 0.2, axis labels and a title (PIL only: no plotting library needed); `diagonal` adds
+    the y = x line (a chance-level ROC curve)."""
+    canvas = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    extent = size - 2 * margin
+
+    def point(u, v):
+        return margin + u * extent, size - margin - v * extent
+
+    for tick in np.linspace(0.0, 1.0, 6):
+        draw.line([point(tick, 0.0), point(tick, 1.0)], fill=(225, 225, 225))
+        draw.line([point(0.0, tick), point(1.0, tick)], fill=(225, 225, 225))
+        draw.text((point(tick, 0.0)[0] - 8, size - margin + 4), f"{tick:.1f}", fill="black")
+        draw.text((4, point(0.0, tick)[1] - 6), f"{tick:.1f}", fill="black")
+    draw.rectangle([point(0.0, 1.0), point(1.0, 0.0)], outline="black")
+    if diagonal:
+        draw.line([point(0.0, 0.0), point(1.0, 1.0)], fill=(160, 160, 160))
+    draw.line([point(u, v) for u, v in zip(np.clip(x, 0, 1), np.clip(y, 0, 1))], fill=tuple(BLUE), width=2)
+    draw.text((margin, 8), title, fill="black")
+    draw.text((size // 2 - 40, size - 16), x_label, fill="black")
+    draw.text((4, 24), y_label, fill="black")
+    return np.asarray(canvas)

@@ -1,7 +1,11 @@
 """Shared test set-up: TensorFlow stays off accelerators; XLA compiles quickly."""
+from pathlib import Path
+
 import jax
 import pytest
 import tensorflow as tf
+
+DRIVE_DUMMY = Path(__file__).resolve().parents[1] / "retina_jax" / "datasets" / "drive" / "dummy_data"
 
 tf.config.set_visible_devices([], "GPU")
 # Tests check behaviour, not speed: cheaper compiles keep the suite fast.
@@ -34,3 +38,17 @@ def duke_builder(tfds_dir):
     """The shipped Duke DME subjects 1-5, prepared once per test session."""
     from retina_jax import datasets
     return datasets.get_builder("duke_dme", data_dir=tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def drive_builder(tfds_dir):
+    """DRIVE's 20 training images from ../shared/data/drive (train 16, validation 4)."""
+    from retina_jax import datasets
+    return datasets.get_builder("drive", data_dir=tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def drive_dummy_builder(tfds_dir):
+    """The drive builder's dummy_data (official layout, with a test/ folder)."""
+    from retina_jax import datasets
+    return datasets.get_builder("drive", data_dir=tfds_dir, manual_dir=str(DRIVE_DUMMY))

@@ -1,11 +1,19 @@
 """Paired image + mask augmentation with stateless randomness.
 
-Every op takes a `seed` (shape [2] int) and transforms all spatial keys of the example together,
-so the mask stays aligned with the image; the same seed always gives the same result.
+Every op takes a `seed` (shape [2] int) and transforms all spatial keys of the example together
+(image, mask and, for fundus photographs, the field-of-view mask `fov`), so the masks stay
+aligned with the image; the same seed always gives the same result.
 """
+import math
+
 import tensorflow as tf
 
-SPATIAL_KEYS = ("image", "mask")
+SPATIAL_KEYS = ("image", "mask", "fov")
+# Masks are resampled by nearest neighbour (they stay binary), the image bilinearly.
+MASK_KEYS = ("mask", "fov")
+# Uniform draws tried per crop centre when it must fall inside the field of view: the FOV covers
+# ~70% of a fundus photograph, so all 16 miss with probability 0.3 ** 16 ~ 4e-9.
+FOV_CENTRE_CANDIDATES = 16
 
 
 def _split_seeds(seed: tf.Tensor, num: int) -> tf.Tensor:
@@ -47,20 +55,39 @@ def _uniform(seed: tf.Tensor, low, high) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed, low, high)
 
 
+def point_inside(region: tf.Tensor, seed: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
+    """A uniform random (row, col) point of the box [low, high) whose pixel lies in `region`
+    (H,W,1) > 0.5: the first of `FOV_CENTRE_CANDIDATES` uniform draws that does (rejection
+    sampling: O(1), where listing the region's pixels would cost a pass over the image per
+    crop). When no draw does, the last one."""
+    candidates = tf.random.stateless_uniform([FOV_CENTRE_CANDIDATES, 2], seed, low, high)
+    pixels = tf.minimum(tf.cast(candidates, tf.int32), tf.shape(region)[:2] - 1)
+    inside = tf.gather_nd(region[..., 0], pixels) > 0.5
+    first = tf.where(tf.reduce_any(inside), tf.argmax(tf.cast(inside, tf.int32)),
+                     tf.cast(FOV_CENTRE_CANDIDATES - 1, tf.int64))
+    return candidates[first]
+
+
 def crop_center(mask: tf.Tensor, seed: tf.Tensor, *, box_size: tf.Tensor,
-                positive_fraction: float) -> tf.Tensor:
+                positive_fraction: float, region: tf.Tensor | None = None) -> tf.Tensor:
     """(row, col) centre of a crop box of `box_size` (float (2,)) in an image of mask's size.
 
     With probability `positive_fraction` (and when the mask has any foreground) the box is put
     around a random foreground pixel, jittered by up to a quarter of the box so that the lesion
-    is not always in the middle; otherwise anywhere. The centre is then clamped so that the box
-    stays inside the image (centred when the box is larger than the image).
+    is not always in the middle; otherwise anywhere, or at a random pixel of `region` (H,W,1)
+    when given (the field of view: patches are drawn inside it). The centre is then clamped so
+    that the box stays inside the image (centred when the box is larger than the image).
     """
     choose_seed, pick_seed, anywhere_seed, jitter_seed = tf.unstack(_split_seeds(seed, 4))
     image_size = tf.cast(tf.shape(mask)[:2], tf.float32)
     low = tf.minimum(box_size / 2, image_size / 2)
     high = tf.maximum(image_size - box_size / 2, image_size / 2)
-    anywhere = tf.random.stateless_uniform([2], anywhere_seed, low, high)
+    if region is None:
+        anywhere = tf.random.stateless_uniform([2], anywhere_seed, low, high)
+    else:
+        anywhere = point_inside(region, anywhere_seed, low, high)
+    if not positive_fraction:  # skips listing the foreground pixels (a pass over the image)
+        return tf.clip_by_value(anywhere, low, high)
     foreground = tf.where(mask[..., 0] > 0.5)
     num_foreground = tf.shape(foreground, out_type=tf.int64)[0]
 
@@ -75,14 +102,18 @@ def crop_center(mask: tf.Tensor, seed: tf.Tensor, *, box_size: tf.Tensor,
 
 
 def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int] | None,
-                     scale: float, shift: float, positive_fraction: float, fill_value: float) -> dict:
-    """Resamples a box of `out_size * zoom` (zoom log-uniform in [1/(1+scale), 1+scale]) to
-    `out_size` (None: the image's own size), on every spatial key.
+                     scale: float, shift: float, positive_fraction: float, fill_value: float,
+                     rotation: float = 0.0) -> dict:
+    """Resamples a box of `out_size * zoom` (zoom log-uniform in [1/(1+scale), 1+scale]), turned
+    by an angle uniform in [-rotation, rotation] degrees, to `out_size` (None: the image's own
+    size), on every spatial key.
 
-    The box centre comes from `crop_center`, then moves by up to `shift` x the box size (it may
-    then reach outside the image, which reads as `fill_value` for the image and 0 for the mask).
-    The image is sampled bilinearly, the mask by nearest neighbour; with scale = shift = 0 the
-    crop is a slice (exact pixels). The crop must fit in the image unless it is zoomed or shifted.
+    The box centre comes from `crop_center` (inside the example's `fov` when it has one), then
+    moves by up to `shift` x the box size. Without rotation, what the box reaches outside the
+    image reads as `fill_value` for the image and 0 for the masks; a turned box mirrors the
+    image at its edges instead (its corners leave any tight box). The image is sampled
+    bilinearly, the masks by nearest neighbour; with scale = shift = rotation = 0 the crop is a
+    slice (exact pixels). The crop must fit in the image unless it is zoomed, shifted or turned.
     """
     zoom_seed, center_seed, shift_seed = tf.unstack(_split_seeds(seed, 3))
     height, width = example["image"].shape[0], example["image"].shape[1]
@@ -91,8 +122,15 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
     zoom = tf.exp(_uniform(zoom_seed, -tf.math.log1p(scale), tf.math.log1p(scale))) if scale else 1.0
     box_size = out_extent * zoom
     center = crop_center(example["mask"], center_seed, box_size=box_size,
-                         positive_fraction=positive_fraction)
+                         positive_fraction=positive_fraction, region=example.get("fov"))
     center += tf.random.stateless_uniform([2], shift_seed, -shift, shift) * box_size if shift else 0.0
+    spatial_keys = [key for key in SPATIAL_KEYS if key in example]
+    if rotation:
+        angle = _uniform(tf.random.experimental.stateless_fold_in(seed, 7), -rotation, rotation)
+        return {**example, **{key: rotated_crop(example[key], center, angle * math.pi / 180.0,
+                                                spacing=zoom, out_size=(out_height, out_width),
+                                                nearest=key in MASK_KEYS)
+                              for key in spatial_keys}}
     top_left = tf.floor(center - box_size / 2)
     if not scale and not shift:  # a window of whole pixels: slice it, exactly
         if out_height > height or out_width > width:
@@ -100,7 +138,7 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
                              "images; lower config.augment.crop_size (or zoom/shift to pad).")
         top, left = tf.unstack(tf.cast(top_left, tf.int32))
         return {**example, **{key: example[key][top:top + out_height, left:left + out_width]
-                              for key in SPATIAL_KEYS}}
+                              for key in spatial_keys}}
     spacing = box_size / out_extent
     # Pixel centres of the first and last output samples, as crop_and_resize's normalised box.
     first = top_left + 0.5 * spacing - 0.5
@@ -113,9 +151,29 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
                                         method=method, extrapolation_value=fill)
         return tf.cast(crop[0], tensor.dtype)
 
-    return {**example,
-            "image": resample(example["image"], "bilinear", fill_value),
-            "mask": resample(example["mask"], "nearest", 0.0)}
+    return {**example, **{key: resample(example[key], "nearest", 0.0) if key in MASK_KEYS
+                          else resample(example[key], "bilinear", fill_value)
+                          for key in spatial_keys}}
+
+
+def rotated_crop(tensor: tf.Tensor, center: tf.Tensor, angle: tf.Tensor, *, spacing,
+                 out_size: tuple[int, int], nearest: bool) -> tf.Tensor:
+    """(out_h, out_w, C) samples of `tensor` (H,W,C) on a grid centred at `center` ((row, col),
+    pixel edges at integers), `spacing` input pixels apart and turned by `angle` radians; the
+    image is mirrored at its edges. Bilinear, or nearest neighbour when `nearest`."""
+    out_height, out_width = out_size
+    cos, sin = spacing * tf.cos(angle), spacing * tf.sin(angle)
+    # The op maps output pixel (x, y) (column, row; centres at integers) to the input point
+    # (a0 x + a1 y + a2, b0 x + b1 y + b2): rotate about the output centre, then move to `center`.
+    out_x, out_y = (out_width - 1) / 2, (out_height - 1) / 2
+    in_y, in_x = center[0] - 0.5, center[1] - 0.5
+    transform = tf.stack([cos, sin, in_x - cos * out_x - sin * out_y,
+                          -sin, cos, in_y + sin * out_x - cos * out_y, 0.0, 0.0])
+    resampled = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(tensor, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.constant([out_height, out_width], tf.int32), fill_value=0.0,
+        interpolation="NEAREST" if nearest else "BILINEAR", fill_mode="REFLECT")
+    return tf.cast(resampled[0], tensor.dtype)
 
 
 def speckle(example: dict, seed: tf.Tensor, *, sigma: float, black_level: float) -> dict:
@@ -134,12 +192,12 @@ def augment_example(example: dict, seed: tf.Tensor, config, *, black_level: floa
     `black_level` is what a black pixel is after normalisation: the value of regions a shifted or
     zoomed-out crop brings in from outside the image, and the zero of the speckle noise.
     """
-    if config.crop_size or config.scale or config.shift:
+    if config.crop_size or config.scale or config.shift or config.rotation:
         example = crop_scale_shift(
             example, tf.random.experimental.stateless_fold_in(seed, 1),
             out_size=tuple(config.crop_size) if config.crop_size else None, scale=config.scale,
             shift=config.shift, positive_fraction=config.positive_crop_fraction,
-            fill_value=black_level)
+            fill_value=black_level, rotation=config.rotation)
     geometry_seed, intensity_seed = tf.unstack(_split_seeds(seed, 2))
     example = flip_and_rotate(example, geometry_seed, hflip=config.hflip, vflip=config.vflip,
                               rot90=config.rot90)

@@ -17,6 +17,9 @@ from retina_jax.data.preprocess import black_level, preprocess_example
 
 # Features that identify an evaluation example in per-case tables (kept when the dataset has them).
 CASE_KEYS = ("id", "subject", "bscan_index")
+# A second human observer's annotation (mask2, and whether the example has one): evaluation
+# scores it against the first observer's `mask` as the human reference.
+SECOND_OBSERVER_KEYS = ("mask2", "has_mask2")
 
 
 def process_split(split: str, process_index: int, process_count: int) -> str:
@@ -33,26 +36,43 @@ def _read_preprocessed(builder, split: str, config, keep_keys: tuple[str, ...] =
     kept = [key for key in keep_keys if key in builder.info.features]
 
     def preprocess(example):
-        processed = preprocess_example(example, mean=config.input.mean, std=config.input.std,
-                                       denoise_method=config.input.denoise)
-        return {**processed, **{key: example[key] for key in kept}}
+        return {**preprocess_example(example, config.input), **{key: example[key] for key in kept}}
 
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.cache() if config.dataset.cache else dataset
 
 
+def model_input_shape(builder, config) -> tuple[int, int, int]:
+    """(H, W, C) of one preprocessed training input: the crop size when training on crops, else
+    the dataset's image size; C counts the channels after preprocessing (1 for "green")."""
+    any_split = next(iter(builder.info.splits))
+    height, width, channels = _read_preprocessed(builder, any_split, config).element_spec["image"].shape
+    if config.augment.crop_size:
+        height, width = config.augment.crop_size
+    if None in (height, width, channels):
+        raise ValueError(f"Dataset {builder.name} has variable image size {(height, width, channels)}; "
+                         "set config.augment.crop_size.")
+    return height, width, channels
+
+
 def train_batches(builder, config, *, local_batch_size: int, start_step: int,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless augmented training batches of this process, starting at global step `start_step`."""
+    """Endless augmented training batches of this process, starting at global step `start_step`.
+
+    An epoch shows every example `config.augment.patches_per_image` times (each time with its
+    own crop and augmentation): a few large images then feed many small training patches.
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     split = process_split(config.dataset.train_split, process_index, process_count)
-    examples = _read_preprocessed(builder, split, config)
-    num_examples = builder.info.splits[split].num_examples
+    repeats = config.augment.patches_per_image
+    # Repeats of a cached example share its tensors: memory stays one copy of the split.
+    examples = _read_preprocessed(builder, split, config).repeat(repeats)
+    num_examples = builder.info.splits[split].num_examples * repeats
     if num_examples < local_batch_size:
-        raise ValueError(f"Split {split!r} of {builder.name} has {num_examples} examples for this "
-                         f"process, fewer than its batch of {local_batch_size}.")
+        raise ValueError(f"Split {split!r} of {builder.name} gives {num_examples} examples per "
+                         f"epoch for this process, fewer than its batch of {local_batch_size}.")
     buffer_size = min(config.dataset.shuffle_buffer, num_examples)
     first_index = start_step * local_batch_size
     first_epoch, offset_in_epoch = divmod(first_index, num_examples)
@@ -65,16 +85,29 @@ def train_batches(builder, config, *, local_batch_size: int, start_step: int,
     stream = stream.skip(offset_in_epoch)
     indices = tf.data.Dataset.range(first_index, np.iinfo(np.int64).max)
 
+    # Per-image standardisation leaves no fixed black level: regions from outside read as the
+    # image's mean (0).
+    fill = 0.0 if config.input.standardize == "image" else black_level(config.input.mean, config.input.std)
+
     def augment(example_index, example):
         # Unique per (process, example): processes never share augmentation randomness.
         seed = tf.stack([tf.constant(config.seed, tf.int64),
                          example_index * process_count + process_index])
-        return augment_example(example, seed, config.augment,
-                               black_level=black_level(config.input.mean, config.input.std))
+        return augment_example(example, seed, config.augment, black_level=fill)
 
     stream = tf.data.Dataset.zip(indices, stream).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     stream = stream.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return stream.as_numpy_iterator()
+
+
+def check_split(builder, split: str) -> None:
+    """Raises, naming the splits there are and where their files go, when `split` (a name, or
+    TFDS split arithmetic such as "train+validation") names a split the prepared data lacks."""
+    names = split.replace("+", " ").split()
+    missing = [name for name in names if name.split("[")[0] not in builder.info.splits]
+    if missing:
+        raise ValueError(f"Dataset {builder.name} has no split {missing[0]!r}; it has "
+                         f"{sorted(builder.info.splits)}.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
 
 def num_eval_batches(builder, split: str, local_batch_size: int, process_count: int) -> int:
@@ -104,12 +137,10 @@ def eval_dataset(builder, split: str, config, *, local_batch_size: int,
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    if split not in builder.info.splits:
-        raise ValueError(f"Dataset {builder.name} has no split {split!r}; "
-                         f"it has {sorted(builder.info.splits)}.")
+    check_split(builder, split)
     num_batches = num_eval_batches(builder, split, local_batch_size, process_count)
     dataset = _read_preprocessed(builder, process_split(split, process_index, process_count), config,
-                                 keep_keys=CASE_KEYS)
+                                 keep_keys=CASE_KEYS + SECOND_OBSERVER_KEYS)
     return dataset.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
 
 

@@ -20,6 +20,8 @@ import tensorflow_datasets as tfds
 # "" when there is no default) and optionally `make_builder(manual_dir, data_dir)`, for builders
 # whose configuration is read from the raw data.
 _BUILDER_MODULES = {
+    "chase_db1": "retina_jax.datasets.chase_db1.chase_db1_dataset_builder",
+    "drive": "retina_jax.datasets.drive.drive_dataset_builder",
     "duke_dme": "retina_jax.datasets.duke_dme.duke_dme_dataset_builder",
     "image_folder": "retina_jax.datasets.image_folder.image_folder_dataset_builder",
     "retina_vessels": "retina_jax.datasets.retina_vessels.retina_vessels_dataset_builder",

@@ -1,12 +1,15 @@
 """Binary segmentation: logits (B,H,W,1) against `mask` (B,H,W,1) in {0,1}.
 
-Pixels count towards losses and metrics only for labelled, non-padding examples. Evaluation
-reports the split as one image (`dice`, `iou`, ... from summed confusion counts, as the
-literature's dataset-level Dice) and per case (`per_case.csv`, `dice_per_case_mean`).
+Pixels count towards losses and metrics only for labelled, non-padding examples, and only
+inside the field of view when the batch has one (`fov`, fundus photographs: the DRIVE
+protocol). Evaluation reports the split as one image (`dice`, `iou`, ... from summed confusion
+counts, as the literature's dataset-level Dice) and per case (`per_case.csv`,
+`dice_per_case_mean`); with the vessel literature's names too (`f1` = `dice`, `sensitivity` =
+`recall`), `auc_roc`, `auc_pr`, and the F1-maximising threshold. A batch with a second
+observer's annotation (`mask2`, `has_mask2`) also scores it against the first (`human`).
 """
 import heapq
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,32 +20,48 @@ CASE_COLUMNS = ("gt_pixels", "predicted_pixels", "tp", "fp", "fn", "tn",
 
 
 def pixel_weights(batch: dict) -> jnp.ndarray:
-    """(B,H,W,1) weights: 1 where a pixel counts, 0 for unlabelled or padding examples."""
+    """(B,H,W,1) weights: 1 where a pixel counts, 0 for unlabelled or padding examples and, when
+    the batch has a field-of-view mask `fov`, outside it."""
     example_weight = batch["labelled"] * batch.get("valid", 1.0)
-    return jnp.broadcast_to(example_weight[:, None, None, None], batch["mask"].shape)
+    weights = jnp.broadcast_to(example_weight[:, None, None, None], batch["mask"].shape)
+    return weights * (batch["fov"] > 0.5) if "fov" in batch else weights
 
 
 def loss(loss_fn, logits: jnp.ndarray, batch: dict) -> jnp.ndarray:
     return loss_fn(logits, batch["mask"], pixel_weights(batch))
 
 
-def eval_counts(logits: jnp.ndarray, batch: dict, *, threshold: float, num_bins: int) -> dict:
-    """Per-batch sums that `metrics.accumulate` adds up exactly over a split."""
-    counts = metrics.segmentation_counts(jax.nn.sigmoid(logits), batch["mask"], pixel_weights(batch),
+def eval_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float, num_bins: int) -> dict:
+    """Per-batch sums that `metrics.accumulate` adds up exactly over a split.
+
+    With a second observer in the batch, also `human_tp` ... `human_tn`: the second observer's
+    mask scored as a prediction against the first's, by the same counting and the same pixels
+    (examples without one left out), and `num_human` (examples with one).
+    """
+    counts = metrics.segmentation_counts(probabilities, batch["mask"], pixel_weights(batch),
                                          threshold=threshold, num_bins=num_bins)
     valid = batch.get("valid", jnp.ones_like(batch["labelled"]))
     counts["num_examples"] = jnp.sum(valid).astype(jnp.int32)
     counts["num_labelled"] = jnp.sum(valid * batch["labelled"]).astype(jnp.int32)
+    if "mask2" in batch:
+        has_second = jnp.asarray(batch["has_mask2"], jnp.float32)
+        second = metrics.segmentation_counts(
+            jnp.asarray(batch["mask2"] > 0, jnp.float32), batch["mask"],
+            pixel_weights(batch) * has_second[:, None, None, None], threshold=0.5, num_bins=2)
+        counts.update({f"human_{key}": second[key] for key in metrics.CONFUSION_KEYS})
+        counts["num_human"] = jnp.sum(valid * batch["labelled"] * has_second).astype(jnp.int32)
     return counts
 
 
 def case_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float) -> dict:
-    """(B,) int32 confusion counts of each example (all pixels, whatever `labelled` says)."""
+    """(B,) int32 confusion counts of each example (whatever `labelled` says): of every pixel,
+    or of those inside the field of view when the batch has `fov`."""
+    inside = batch["fov"][..., 0] > 0.5 if "fov" in batch else True
     predicted = probabilities[..., 0] >= threshold
     positive = batch["mask"][..., 0] > 0.5
 
     def count(condition):
-        return jnp.sum(condition, axis=(1, 2), dtype=jnp.int32)
+        return jnp.sum(condition & inside, axis=(1, 2), dtype=jnp.int32)
 
     return {"tp": count(predicted & positive), "fp": count(predicted & ~positive),
             "fn": count(~predicted & positive), "tn": count(~predicted & ~positive)}
@@ -78,23 +97,60 @@ def _plain(value):
 def summarize(counts: dict, cases: list[dict]) -> dict:
     """Split-level metrics (snake_case) from accumulated counts and the per-case rows.
 
-    Adds `dice_per_case_mean` / `iou_per_case_mean` (mean over labelled cases, empty ones by the
-    empty rule) and `dice_per_case_mean_positive` (over cases whose ground truth has foreground;
-    None when none has). A split without ground truth has no metrics: only `num_examples` and
-    `labelled: False`.
+    Besides `metrics.compute_segmentation_metrics` (at the evaluation threshold): `f1` (= dice)
+    and `sensitivity` (= recall), `auc_pr`, `best_threshold` / `best_f1` (the F1-maximising bin
+    threshold of this split, and its F1), `dice_per_case_mean` / `iou_per_case_mean` (mean over
+    labelled cases, empty ones by the empty rule) and `dice_per_case_mean_positive` (over cases
+    whose ground truth has foreground; None when none has); with second-observer counts, `human`
+    (see `human_reference`). A split without ground truth has no metrics: only `num_examples`
+    and `labelled: False`.
     """
     summary = {"num_examples": int(counts["num_examples"])}
     if int(counts["num_labelled"]) == 0:
         return {**summary, "labelled": False}
     labelled = [case for case in cases if case["labelled"]]
     positive = [case["dice"] for case in labelled if case["gt_pixels"] > 0]
+    overall = metrics.compute_segmentation_metrics(counts)
+    best_threshold, best_f1 = metrics.best_f1_threshold(counts["pos_hist"], counts["neg_hist"])
+    human = human_reference(counts)
     return {
-        **metrics.compute_segmentation_metrics(counts),
+        **overall,
+        "f1": overall["dice"],
+        "sensitivity": overall["recall"],
+        "auc_pr": metrics.average_precision_from_histograms(counts["pos_hist"], counts["neg_hist"]),
+        "best_threshold": best_threshold,
+        "best_f1": best_f1,
         "dice_per_case_mean": float(np.mean([case["dice"] for case in labelled])),
         "iou_per_case_mean": float(np.mean([case["iou"] for case in labelled])),
         "dice_per_case_mean_positive": float(np.mean(positive)) if positive else None,
+        **({"human": human} if human else {}),
         **summary,
     }
+
+
+def vessel_ratios(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """`f1`, `sensitivity`, `specificity`, `accuracy`, `precision`, `iou` of confusion counts."""
+    ratios = metrics.overlap_ratios(tp, fp, fn, tn)
+    return {"f1": ratios["dice"], "sensitivity": ratios["recall"], "specificity": ratios["specificity"],
+            "accuracy": ratios["accuracy"], "precision": ratios["precision"], "iou": ratios["iou"]}
+
+
+def at_threshold(counts: dict, threshold: float) -> dict:
+    """The split's metrics at `threshold` (a multiple of 1 / num_bins, e.g. the one chosen on
+    validation), from the accumulated histograms: `threshold` and the `vessel_ratios`."""
+    pos_hist, neg_hist = counts["pos_hist"], counts["neg_hist"]
+    confusion = metrics.confusion_at_bin(pos_hist, neg_hist,
+                                         metrics.bin_of_threshold(threshold, len(pos_hist)))
+    return {"threshold": threshold, **vessel_ratios(**confusion)}
+
+
+def human_reference(counts: dict) -> dict | None:
+    """The second observer scored against the first over the examples that have one (`num_cases`
+    of them, the same pixels), or None when no example has one."""
+    if int(counts.get("num_human", 0)) == 0:
+        return None
+    confusion = {key: int(counts[f"human_{key}"]) for key in metrics.CONFUSION_KEYS}
+    return {**vessel_ratios(**confusion), "num_cases": int(counts["num_human"])}
 
 
 class Gallery:

@@ -1,0 +1,26 @@
+"""Fundus vessel segmentation on CHASE_DB1 (children 1-8 train, 9-10 validation, 11-14 test).
+
+The DRIVE recipe (configs/drive.py: FOV patches, green/CLAHE/gamma, per-image standardisation,
+sliding-window + flip TTA inference, metrics inside the FOV, threshold chosen on validation) on
+CHASE_DB1's 999x960 images, whose vessels are wider: 96x96 patches.
+
+Usage:
+  python -m retina_jax.main --config=configs/chase_db1.py --workdir=runs/chase_db1
+  python -m retina_jax.main --config=configs/chase_db1.py --workdir=runs/chase_db1 --mode=evaluate \
+      --config.dataset.manual_dir=/data/CHASEDB1 --config.eval.split=test   # children 11-14
+A DRIVE-trained model on CHASE_DB1 (cross-dataset) is configs/drive.py with
+--config.dataset.name=chase_db1 (see configs/drive.py).
+"""
+import ml_collections
+
+from configs import drive
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = drive.get_config(arg)
+    config.dataset.name = "chase_db1"
+    if arg != "smoke":
+        config.augment.crop_size = (96, 96)
+        config.augment.patches_per_image = 64   # 16 train images, as in DRIVE, but larger patches
+        config.train.batch_size = 16
+    return config

@@ -1,0 +1,59 @@
+"""What the fundus vessel builders (`drive`, `chase_db1`) share: features and example assembly.
+
+An example is a colour fundus photograph `image` (H,W,3) uint8 (a grey file reads as R=G=B),
+the first observer's vessel `mask` (1 = vessel; zeros and `labelled` False when the split has
+no annotation), the field-of-view mask `fov` (1 = inside: the DRIVE protocol scores only these
+pixels), the second observer's `mask2` with `has_mask2` (zeros and False when there is none),
+and the `id` of the case.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from retina_jax.datasets import image_pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    image: epath.Path
+    fov: epath.Path
+    manual: epath.Path | None   # first observer; None: an unlabelled case
+    manual2: epath.Path | None  # second observer, where there is one
+
+
+def features(image_shape: tuple[int, int, int], **extra) -> tfds.features.FeaturesDict:
+    """The fundus features for images of `image_shape` (H, W, 3), plus `extra` ones."""
+    mask_shape = (*image_shape[:2], 1)
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=image_shape, dtype=np.uint8),
+        "mask": tfds.features.Image(shape=mask_shape, dtype=np.uint8),
+        "fov": tfds.features.Image(shape=mask_shape, dtype=np.uint8),
+        "mask2": tfds.features.Image(shape=mask_shape, dtype=np.uint8),
+        "has_mask2": tfds.features.Scalar(dtype=np.bool_),
+        "labelled": tfds.features.Scalar(dtype=np.bool_),
+        "id": tfds.features.Text(),
+        **extra,
+    })
+
+
+def example(case: Case, image_shape: tuple[int, int, int], dataset: str) -> dict:
+    """The features of `case`; raises naming the file when an image is not `image_shape`."""
+    image = image_pairs.read_image(case.image, channels=3)
+    if image.shape != image_shape:
+        raise ValueError(f"{case.image} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} "
+                         f"channel(s); {dataset} images are {image_shape[1]}x{image_shape[0]} "
+                         "(width x height), RGB or grey.")
+    size = image_shape[:2]
+    empty = np.zeros((*size, 1), np.uint8)
+    return {
+        "image": image,
+        "mask": image_pairs.read_mask(case.manual, size) if case.manual else empty,
+        "fov": image_pairs.read_mask(case.fov, size),
+        "mask2": image_pairs.read_mask(case.manual2, size) if case.manual2 else empty,
+        "has_mask2": case.manual2 is not None,
+        "labelled": case.manual is not None,
+        "id": case.id,
+    }

@@ -1,0 +1,131 @@
+"""Probability maps of whole images: in one pass, or by overlapping tiles, with flip TTA.
+
+Usage:
+  predict = inference.make_predictor(model, config.inference)
+  probabilities = jax.jit(predict)(variables, images)   # (B,H,W,C) -> (B,H,W,1), any H and W
+
+Sliding-window prediction (nnU-Net's scheme) cuts each image into `tile_size` square tiles
+that overlap by `overlap` of a tile, predicts `tile_batch` tiles per model call (so memory
+depends on the tile batch, not on the image size), weights every tile's probabilities by a
+Gaussian centred on the tile (borders, where a convolution sees padding instead of context,
+count least) and divides by the summed weights. Images smaller than a tile are zero-padded and
+cropped back. Flip test-time augmentation averages the probabilities of the image mirrored
+left-right, up-down and both ways with those of the image itself.
+"""
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (variables, images (B,H,W,C)) -> probabilities (B,H,W,1)
+Predict = Callable[[dict, jax.Array], jax.Array]
+
+METHODS = ("whole", "sliding_window")
+# Axes of (B,H,W,C) each view mirrors: itself, left-right, up-down, both (nnU-Net's 2-D mirroring).
+FLIP_AXES = ((), (2,), (1,), (1, 2))
+# Gaussian sigma as a fraction of the tile size (nnU-Net's 1/8).
+SIGMA_SCALE = 0.125
+
+
+def model_probabilities(model) -> Predict:
+    """The model's sigmoid probabilities (inference mode: batch-norm running statistics)."""
+    def predict(variables, images):
+        return jax.nn.sigmoid(model.apply(variables, images, train=False))
+    return predict
+
+
+def with_flip_tta(predict: Predict) -> Predict:
+    """`predict` averaged over the 4 mirror images of its input, mirrored back (one model call
+    on a 4x batch)."""
+    def predict_mirrored(variables, images):
+        views = jnp.concatenate([jnp.flip(images, axes) if axes else images for axes in FLIP_AXES])
+        probabilities = jnp.split(predict(variables, views), len(FLIP_AXES))
+        return sum(jnp.flip(part, axes) if axes else part
+                   for part, axes in zip(probabilities, FLIP_AXES)) / len(FLIP_AXES)
+    return predict_mirrored
+
+
+def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
+    """First pixel of each tile along an axis of `length` >= `tile_size` pixels: every `stride`
+    pixels, the last tile flush with the end (so the tiles cover the axis, the last overlapping
+    its neighbour more when the stride does not divide the axis)."""
+    if length <= tile_size:
+        return [0]
+    return list(range(0, length - tile_size, stride)) + [length - tile_size]
+
+
+def gaussian_importance(tile_size: int) -> np.ndarray:
+    """(tile, tile) float32 weights, 1 at the centre falling to exp(-8) at the edge midpoints
+    (sigma = tile / 8); never 0, so every pixel a tile covers has a weight."""
+    offsets = np.arange(tile_size) + 0.5 - tile_size / 2
+    profile = np.exp(-0.5 * (offsets / (SIGMA_SCALE * tile_size)) ** 2)
+    weights = np.outer(profile, profile)
+    return (weights / weights.max()).astype(np.float32)
+
+
+def sliding_window(predict: Predict, variables: dict, images: jax.Array, *, tile_size: int,
+                   overlap: float, tile_batch: int) -> jax.Array:
+    """(B,H,W,C) images -> (B,H,W,1) Gaussian-blended probabilities of overlapping tiles.
+
+    `predict` sees (B * n, tile_size, tile_size, C) batches, n <= `tile_batch` tiles of every
+    image at a time, inside one `lax.scan` (one compiled model call for any image size).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"Tile overlap must be in [0, 1), got {overlap}.")
+    batch, height, width, channels = images.shape
+    padded_height, padded_width = max(height, tile_size), max(width, tile_size)
+    images = jnp.pad(images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
+    stride = max(1, round(tile_size * (1 - overlap)))
+    corners = np.array([(top, left) for top in tile_starts(padded_height, tile_size, stride)
+                        for left in tile_starts(padded_width, tile_size, stride)], np.int32)
+    weights = gaussian_importance(tile_size)
+    # The tiles are fixed by the shapes, so the blending denominator is a constant.
+    coverage = np.zeros((padded_height, padded_width), np.float32)
+    for top, left in corners:
+        coverage[top:top + tile_size, left:left + tile_size] += weights
+    tile_batch = min(tile_batch, len(corners))
+    num_chunks = -(-len(corners) // tile_batch)
+    padding = num_chunks * tile_batch - len(corners)
+    # The last chunk is filled up with copies of the last tile, weighted 0.
+    keep = np.concatenate([np.ones(len(corners)), np.zeros(padding)]).astype(np.float32)
+    corners = np.concatenate([corners, np.repeat(corners[-1:], padding, axis=0)])
+
+    def cut(corner):
+        return jax.lax.dynamic_slice(images, (0, corner[0], corner[1], 0),
+                                     (batch, tile_size, tile_size, channels))
+
+    def add_chunk(total, chunk):
+        chunk_corners, chunk_keep = chunk
+        tiles = jnp.swapaxes(jax.vmap(cut)(chunk_corners), 0, 1)  # (B, n, tile, tile, C)
+        probabilities = predict(variables, tiles.reshape(-1, tile_size, tile_size, channels))
+        weighted = (probabilities.reshape(batch, tile_batch, tile_size, tile_size)
+                    * weights * chunk_keep[None, :, None, None])
+
+        def add_tile(index, total):
+            top, left = chunk_corners[index, 0], chunk_corners[index, 1]
+            window = jax.lax.dynamic_slice(total, (0, top, left), (batch, tile_size, tile_size))
+            return jax.lax.dynamic_update_slice(total, window + weighted[:, index], (0, top, left))
+
+        return jax.lax.fori_loop(0, tile_batch, add_tile, total), None
+
+    total, _ = jax.lax.scan(
+        add_chunk, jnp.zeros((batch, padded_height, padded_width), jnp.float32),
+        (corners.reshape(num_chunks, tile_batch, 2), keep.reshape(num_chunks, tile_batch)))
+    return (total / coverage)[:, :height, :width, None]
+
+
+def make_predictor(model, config) -> Predict:
+    """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
+    `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
+    `tile_batch`), with `flip_tta`."""
+    predict = model_probabilities(model)
+    if config.flip_tta:
+        predict = with_flip_tta(predict)
+    if config.method == "whole":
+        return predict
+    if config.method == "sliding_window":
+        return functools.partial(sliding_window, predict, tile_size=config.tile_size,
+                                 overlap=config.overlap, tile_batch=config.tile_batch)
+    raise ValueError(f"config.inference.method must be one of {METHODS}, got {config.method!r}.")

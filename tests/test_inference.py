@@ -1,0 +1,101 @@
+"""Sliding-window inference and flip TTA: exact on pixel-wise predictors, hand-computed blending,
+any image size, and a model that only ever sees tile batches of the configured size."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from retina_jax import inference
+
+
+def pixelwise(variables, images):
+    """A 'model' whose output at a pixel depends on that pixel only (so tiling cannot change it)."""
+    return jax.nn.sigmoid(images[..., :1] * variables["w"] + variables["b"])
+
+
+VARIABLES = {"w": jnp.float32(1.5), "b": jnp.float32(-0.25)}
+
+
+def test_tile_starts_cover_the_axis_with_the_last_tile_flush():
+    assert inference.tile_starts(10, 4, 3) == [0, 3, 6]
+    assert inference.tile_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert inference.tile_starts(4, 4, 3) == [0]
+    assert inference.tile_starts(3, 4, 3) == [0]  # smaller than a tile: padded by the caller
+
+
+def test_gaussian_importance_peaks_at_the_centre_and_never_vanishes():
+    weights = inference.gaussian_importance(8)
+    assert weights.shape == (8, 8) and weights.max() == 1.0
+    np.testing.assert_array_equal(weights[3:5, 3:5], 1.0)          # the 4 central pixels
+    np.testing.assert_allclose(weights, weights.T)
+    np.testing.assert_allclose(weights, weights[::-1, ::-1])
+    # sigma = 1 pixel: the edge pixel's centre is 3.5 from the middle, the centre pixels' 0.5.
+    assert weights[0, 3] == pytest.approx(math.exp(-0.5 * 3.5 ** 2) / math.exp(-0.5 * 0.5 ** 2), rel=1e-6)
+    assert weights.min() > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 50, 1), (1, 16, 16, 1), (1, 9, 30, 2)])
+@pytest.mark.parametrize("overlap", [0.0, 0.5])
+def test_sliding_window_equals_whole_image_for_a_pixelwise_model(shape, overlap):
+    images = jax.random.normal(jax.random.key(0), shape)
+    tiled = inference.sliding_window(pixelwise, VARIABLES, images, tile_size=16, overlap=overlap,
+                                     tile_batch=3)
+    assert tiled.shape == (*shape[:3], 1)
+    np.testing.assert_allclose(tiled, pixelwise(VARIABLES, images), rtol=1e-5, atol=1e-6)
+
+
+def test_overlapping_tiles_blend_by_their_gaussian_weights():
+    """Width 6, tile 4, stride 2: tiles over columns 0-3 and 2-5; the 'model' predicts each tile's
+    mean input everywhere in it, so the blend is visible. Gaussian column weights of a 4-pixel
+    tile (sigma 0.5): [e^-4, 1, 1, e^-4] (rows weigh both tiles alike and cancel)."""
+    images = jnp.broadcast_to(jnp.arange(6, dtype=jnp.float32), (1, 4, 6))[..., None]
+
+    def tile_mean(variables, tiles):
+        return jnp.broadcast_to(tiles.mean(axis=(1, 2, 3), keepdims=True), tiles.shape)
+
+    out = inference.sliding_window(tile_mean, {}, images, tile_size=4, overlap=0.5, tile_batch=1)
+    edge = math.exp(-4)
+    expected = [1.5, 1.5, (1.5 + 3.5 * edge) / (1 + edge), (1.5 * edge + 3.5) / (edge + 1), 3.5, 3.5]
+    np.testing.assert_allclose(out[0, :, :, 0], np.tile(expected, (4, 1)), rtol=1e-6)
+
+
+def test_the_model_only_sees_batches_of_tile_batch_tiles_whatever_the_image_size():
+    seen = []
+
+    def recording(variables, tiles):
+        seen.append(tiles.shape)
+        return pixelwise(variables, tiles)
+
+    predict = inference.with_flip_tta(recording)
+    for height, width in ((40, 64), (200, 230)):
+        images = jnp.zeros((2, height, width, 1))
+        jax.jit(lambda v, x: inference.sliding_window(predict, v, x, tile_size=16, overlap=0.25,
+                                                      tile_batch=3))(VARIABLES, images)
+    # 2 images x 3 tiles x 4 mirror images, traced once per image size.
+    assert seen == [(24, 16, 16, 1), (24, 16, 16, 1)]
+
+
+def test_flip_tta_averages_the_four_mirror_images():
+    def column_ramp(variables, images):  # 0 at the left edge, 1 at the right: not mirror-symmetric
+        width = images.shape[2]
+        return jnp.broadcast_to(jnp.linspace(0.0, 1.0, width)[None, None, :, None], (*images.shape[:3], 1))
+
+    images = jnp.zeros((2, 5, 7, 1))
+    # Left-right mirroring turns the ramp r into 1 - r, up-down leaves it: the mean is 1/2.
+    np.testing.assert_allclose(inference.with_flip_tta(column_ramp)(VARIABLES, images), 0.5, atol=1e-7)
+    images = jax.random.normal(jax.random.key(1), (2, 5, 7, 1))
+    np.testing.assert_allclose(inference.with_flip_tta(pixelwise)(VARIABLES, images),
+                               pixelwise(VARIABLES, images), rtol=1e-6)
+
+
+def test_make_predictor_names_an_unknown_method():
+    config = ml_collections.ConfigDict({"method": "tiles", "tile_size": 16, "overlap": 0.25,
+                                        "tile_batch": 1, "flip_tta": False})
+    with pytest.raises(ValueError, match="config.inference.method must be one of"):
+        inference.make_predictor(None, config)
+    with pytest.raises(ValueError, match="overlap must be in"):
+        inference.sliding_window(pixelwise, VARIABLES, jnp.zeros((1, 8, 8, 1)), tile_size=4,
+                                 overlap=1.0, tile_batch=1)

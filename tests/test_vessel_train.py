@@ -1,0 +1,86 @@
+"""DRIVE protocol end to end on the dummy data: patch training, sliding-window evaluation inside
+the FOV, the validation-chosen threshold applied to test, the human reference, and a
+cross-dataset evaluation on CHASE_DB1; plus where results and thresholds are read and written."""
+import csv
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from configs import drive
+from retina_jax import train
+from retina_jax.datasets.chase_db1 import chase_db1_dataset_builder
+from retina_jax.datasets.drive import drive_dataset_builder
+
+DRIVE_DUMMY = Path(drive_dataset_builder.__file__).parent / "dummy_data"
+CHASE_DUMMY = Path(chase_db1_dataset_builder.__file__).parent / "dummy_data"
+
+
+def test_cross_dataset_results_go_beside_the_home_ones():
+    workdir = Path("/runs/drive")
+    assert train.eval_dir(workdir, "drive", "drive", "test") == workdir / "eval" / "test"
+    assert train.eval_dir(workdir, "chase_db1", "drive", "test") == workdir / "eval" / "chase_db1" / "test"
+
+
+def test_validation_threshold_is_read_for_the_same_checkpoint_only(tmp_path):
+    config = drive.get_config()
+    config.dataset.name = "chase_db1"  # another dataset than the checkpoint's: nothing is re-run
+    experiment = types.SimpleNamespace(config=config)
+    with pytest.raises(FileNotFoundError, match=r"evaluate the validation split of 'drive' first \(--mode="
+                                                r"evaluate --config.dataset.name=drive"):
+        train.validation_threshold(experiment, None, tmp_path, 40, "drive")
+    path = tmp_path / "eval" / "validation" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"checkpoint_step": 40, "best_threshold": 0.375}))
+    assert train.validation_threshold(experiment, None, tmp_path, 40, "drive") == 0.375
+    with pytest.raises(FileNotFoundError, match="no threshold chosen for checkpoint 41"):
+        train.validation_threshold(experiment, None, tmp_path, 41, "drive")
+
+
+@pytest.fixture
+def drive_smoke(tmp_path):
+    config = drive.get_config("smoke")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.dataset.manual_dir = str(DRIVE_DUMMY)
+    config.train.batch_size = 4
+    config.eval.batch_size = 1
+    return config
+
+
+@pytest.mark.slow
+def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
+    workdir = tmp_path / "run"
+    final = train.train_and_evaluate(drive_smoke, workdir)
+    assert final["step"] == 4 and final["num_examples"] == 1
+    validation_dir = workdir / "eval" / "validation"
+    validation = json.loads((validation_dir / "metrics.json").read_text())
+    assert {"auc_roc", "auc_pr", "f1", "sensitivity", "specificity", "accuracy"} <= set(validation)
+    assert validation["validation_threshold"] == validation["best_threshold"]
+    assert validation["at_validation_threshold"]["f1"] == pytest.approx(validation["best_f1"])
+    assert [path.name for path in (validation_dir / "probabilities").iterdir()] == ["25_training.png"]
+    assert all((validation_dir / name).stat().st_size > 0 for name in ("roc.png", "pr.png", "overlays.png"))
+
+    drive_smoke.eval.split = "test"
+    test = train.evaluate(drive_smoke, workdir)
+    assert test["num_examples"] == 2 and test["validation_threshold"] == validation["best_threshold"]
+    assert test["at_validation_threshold"]["threshold"] == validation["best_threshold"]
+    assert test["human"]["num_cases"] == 1 and 0.5 < test["human"]["f1"] < 1.0  # only 01 has a 2nd observer
+    rows = list(csv.DictReader((workdir / "eval" / "test" / "per_case.csv").open()))
+    assert sorted(row["id"] for row in rows) == ["01_test", "02_test"]
+    # Per-case pixels are the FOV's: the dummy FOV is a disc of radius 270 (~229,000 pixels).
+    assert all(220_000 < int(row["tp"]) + int(row["fp"]) + int(row["fn"]) + int(row["tn"]) < 240_000
+               for row in rows)
+
+    # Without eval/validation, evaluating test on the home dataset chooses the threshold first.
+    (validation_dir / "metrics.json").unlink()
+    again = train.evaluate(drive_smoke, workdir)
+    assert again["validation_threshold"] == validation["best_threshold"]
+    assert (validation_dir / "metrics.json").exists()
+
+    drive_smoke.dataset.name = "chase_db1"  # the DRIVE model on another dataset, any image size
+    drive_smoke.dataset.manual_dir = str(CHASE_DUMMY)
+    cross = train.evaluate(drive_smoke, workdir)
+    assert cross["num_examples"] == 1 and cross["validation_threshold"] == validation["best_threshold"]
+    assert (workdir / "eval" / "chase_db1" / "test" / "probabilities" / "Image_11L.png").exists()
+    assert json.loads((workdir / "eval" / "test" / "metrics.json").read_text())["num_examples"] == 2
