@@ -9,6 +9,9 @@ from ml_collections.config_dict import placeholder
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Compute dtype of the model: float32, or bfloat16 (mixed precision: parameters, optimizer
+    # state, loss and metrics stay float32; activations and convolutions run in bfloat16).
+    config.dtype = "float32"
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "retina_vessels"

@@ -42,15 +42,22 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, run_info: dict,
                  metrics=metrics, force=True)
 
 
+def architecture(model_record: dict | None) -> dict | None:
+    """A model record without its compute dtype: what must match for parameters to fit."""
+    return None if model_record is None else {key: value for key, value in model_record.items()
+                                              if key != "dtype"}
+
+
 def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
             run_info: dict) -> tuple[Any, dict]:
     """Restores `step` into arrays shaped and sharded like `target_state`.
 
     Returns the state and the saved run info. Raises CheckpointMismatchError when the saved
-    model config differs from `run_info["model"]`.
+    model config differs from `run_info["model"]` in anything but the compute dtype (parameters
+    are float32 in every precision, so a run may resume or be evaluated in another).
     """
     saved_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
-    if saved_info.get("model") != run_info["model"]:
+    if architecture(saved_info.get("model")) != architecture(run_info["model"]):
         raise CheckpointMismatchError(
             f"{manager.directory} holds a checkpoint (step {step}) of model {saved_info.get('model')}, "
             f"but this run's model is {run_info['model']}. Use another --workdir, or the config "

@@ -58,11 +58,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     raise ValueError(f"config.train.optimizer must be 'adam' or 'adamw', got {config.train.optimizer!r}.")
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build_model(config: ml_collections.ConfigDict):
-    """The registered model `config.model.name`; unset (None) fields keep the model's default."""
+    """The registered model `config.model.name` computing in `config.dtype`; unset (None) model
+    fields keep the model's default."""
+    if config.dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.dtype must be one of {COMPUTE_DTYPES}, got {config.dtype!r}.")
     model_kwargs = {key: value for key, value in config.model.items()
                     if key != "name" and value is not None}
-    return models.get_model(config.model.name, **model_kwargs)
+    return models.get_model(config.model.name, dtype=jnp.dtype(config.dtype), **model_kwargs)
 
 
 def model_record(name: str, model) -> dict:

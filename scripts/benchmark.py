@@ -4,6 +4,7 @@ Usage:
   python scripts/benchmark.py --model=unet --size=128 --batch=32
   python scripts/benchmark.py --model=unet --size=64 --batch=32 --devices=2   # + input pipeline
   python scripts/benchmark.py --model=resunet --size=224 --batch=8 --no-reference
+  python scripts/benchmark.py --sliding_window   # + one whole DRIVE image as configs/drive.py evaluates it
 
 The train step is `train.train_step` with the default config's optimizer and loss, inference is
 `train.predict_probabilities`, both jitted over a data-parallel mesh as the training loop does,
@@ -11,7 +12,9 @@ on synthetic data, timed one blocking call at a time after compilation and warm-
 Prints readable lines, then as its LAST line one JSON object: images per second, forward GFLOPs
 per image (XLA cost analysis), achieved GFLOP/s against this machine's peak, the share of step
 time spent waiting for the real tf.data pipeline, compile seconds, peak memory, and the
-plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference.
+plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference; with
+--sliding_window also `drive_image_seconds`: configs/drive.py's evaluation inference (its model,
+sliding window, flip TTA) of one 565x584 DRIVE image, median of --steps calls.
 """
 import argparse
 import functools
@@ -31,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from configs import default  # noqa: E402
-from retina_jax import datasets, losses, models, parallel, train  # noqa: E402
+from retina_jax import datasets, inference, losses, models, parallel, train  # noqa: E402
 from retina_jax.data import pipeline  # noqa: E402
 
 # Forward + backward of a conv net costs about 3 forward passes (the backward pass computes
@@ -57,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the plain-Flax peer U-Net (--model=unet only)")
     parser.add_argument("--reference_dir", default=str(REPO.parent / "shared" / "bench"))
+    parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time configs/drive.py's inference of one whole DRIVE image")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0.")
@@ -227,6 +232,23 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
             "params": peer["params"]}, ""
 
 
+DRIVE_IMAGE_SHAPE = (584, 565)  # height, width
+
+
+def drive_image_seconds(warmup: int, steps: int) -> float:
+    """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
+    its sliding window and flip TTA, jitted) on one DRIVE-sized image, after compile + warm-up."""
+    from configs import drive
+    config = drive.get_config()
+    model = train.build_model(config)
+    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False)
+    variables = {key: variables[key] for key in ("params", "batch_stats")}
+    predict = jax.jit(inference.make_predictor(model, config.inference))
+    image = np.random.default_rng(0).normal(size=(1, *DRIVE_IMAGE_SHAPE, 1)).astype(np.float32)
+    predict(variables, image).block_until_ready()  # compile
+    return median_seconds(lambda: predict(variables, image).block_until_ready(), warmup, steps)
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     config = default.get_config()
@@ -282,6 +304,10 @@ def main(argv: list[str]) -> None:
           f"infer {reference['infer_img_per_s']} img/s; this step is {ratio['train']:.2f}x (train), "
           f"{ratio['infer']:.2f}x (infer)" if reference else f"reference: {reason}")
 
+    drive_seconds = drive_image_seconds(args.warmup, args.steps) if args.sliding_window else None
+    print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + flip TTA): "
+          f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")
+
     peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "model": args.model, "size": args.size, "batch": args.batch, "channels": channels,
@@ -296,6 +322,7 @@ def main(argv: list[str]) -> None:
         "compile_seconds": round(compile_seconds, 2), "peak_memory_mb": round(peak_memory_mb, 1),
         "steps": args.steps, "warmup": args.warmup,
         "reference": reference,
+        "drive_image_seconds": None if drive_seconds is None else round(drive_seconds, 3),
         "ratio_vs_reference": None if ratio is None else {key: round(value, 3) for key, value in ratio.items()},
     }))
 
