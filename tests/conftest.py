@@ -40,11 +40,27 @@ def duke_builder(tfds_dir):
     return datasets.get_builder("duke_dme", data_dir=tfds_dir)
 
 
+def shared_data_builder(name: str, tfds_dir: str):
+    """The builder `name` on its default raw data (../shared/data/...), or a skip saying that
+    folder is absent: the shared data sets are not part of the repository."""
+    from retina_jax import datasets
+    raw_dir = Path(datasets.builder_module(name).DEFAULT_MANUAL_DIR)
+    if not raw_dir.is_dir():
+        pytest.skip(f"{raw_dir} is absent: the real {name} data set lives outside the repository "
+                    "(../shared/data); this test needs it.")
+    return datasets.get_builder(name, data_dir=tfds_dir)
+
+
 @pytest.fixture(scope="session")
 def drive_builder(tfds_dir):
     """DRIVE's 20 training images from ../shared/data/drive (train 16, validation 4)."""
-    from retina_jax import datasets
-    return datasets.get_builder("drive", data_dir=tfds_dir)
+    return shared_data_builder("drive", tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def chase_builder(tfds_dir):
+    """CHASE_DB1 children 1-10 from ../shared/data/chase_db1 (train 16, validation 4)."""
+    return shared_data_builder("chase_db1", tfds_dir)
 
 
 @pytest.fixture(scope="session")

@@ -122,10 +122,10 @@ def test_chase_without_validation_children_is_refused(tmp_path):
         chase.cases_by_split(manual_dir)
 
 
-def test_chase_real_data_and_its_human_reference(tfds_dir):
+def test_chase_real_data_and_its_human_reference(chase_builder):
     """The 20 shipped images; the second observer against the first inside the FOV, by the
     evaluation's own counting, is the F1 0.768 that ../shared/data/chase_db1/SOURCE.md reports."""
-    builder = datasets.get_builder("chase_db1", data_dir=tfds_dir)
+    builder = chase_builder
     assert {name: info.num_examples for name, info in builder.info.splits.items()} == {
         "train": 16, "validation": 4}
     validation = whole_split(builder, "validation")
