@@ -33,6 +33,16 @@ import numpy as np
 CONFUSION_KEYS = ("tp", "fp", "fn", "tn")
 
 
+def confusion_counts(predicted, positive, counted, axis=None) -> dict[str, jax.Array]:
+    """int32 `tp`, `fp`, `fn`, `tn` of boolean maps, summed over `axis` (None: all) where
+    `counted` is True (a boolean map, or True for every pixel)."""
+    def count(condition):
+        return jnp.sum(condition & counted, axis=axis, dtype=jnp.int32)
+
+    return {"tp": count(predicted & positive), "fp": count(predicted & ~positive),
+            "fn": count(~predicted & positive), "tn": count(~predicted & ~positive)}
+
+
 def segmentation_counts(probs, labels, mask=None, *, threshold=0.5,
                         num_bins: int = 1000) -> dict[str, jax.Array]:
     """Confusion counts and probability histograms of one batch.
@@ -54,20 +64,13 @@ def segmentation_counts(probs, labels, mask=None, *, threshold=0.5,
     positive = jnp.asarray(labels) > 0.5
     counted = (jnp.ones(probs.shape, bool) if mask is None else jnp.asarray(mask) > 0.5)
     predicted = probs >= threshold
-
-    def count(condition):
-        return jnp.sum(condition & counted, dtype=jnp.int32)
-
     bins = jnp.clip(jnp.floor(probs * num_bins), 0, num_bins - 1).astype(jnp.int32)
     # One scatter fills both histograms: negatives are offset by num_bins, and uncounted
     # pixels go to a last bin that is dropped.
     index = jnp.where(counted, bins + jnp.where(positive, 0, num_bins), 2 * num_bins)
     hist = jnp.bincount(index.ravel(), length=2 * num_bins + 1).astype(jnp.int32)
     return {
-        "tp": count(predicted & positive),
-        "fp": count(predicted & ~positive),
-        "fn": count(~predicted & positive),
-        "tn": count(~predicted & ~positive),
+        **confusion_counts(predicted, positive, counted),
         "pos_hist": hist[:num_bins],
         "neg_hist": hist[num_bins:2 * num_bins],
     }

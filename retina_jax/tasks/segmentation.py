@@ -59,12 +59,7 @@ def case_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float) ->
     inside = batch["fov"][..., 0] > 0.5 if "fov" in batch else True
     predicted = probabilities[..., 0] >= threshold
     positive = batch["mask"][..., 0] > 0.5
-
-    def count(condition):
-        return jnp.sum(condition & inside, axis=(1, 2), dtype=jnp.int32)
-
-    return {"tp": count(predicted & positive), "fp": count(predicted & ~positive),
-            "fn": count(~predicted & positive), "tn": count(~predicted & ~positive)}
+    return metrics.confusion_counts(predicted, positive, inside, axis=(1, 2))
 
 
 def case_rows(counts: dict, info: dict) -> list[dict]:
