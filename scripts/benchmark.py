@@ -34,8 +34,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from configs import default  # noqa: E402
-from retina_jax import datasets, inference, losses, models, parallel, train  # noqa: E402
+from retina_jax import datasets, inference, models, parallel, train  # noqa: E402
 from retina_jax.data import pipeline  # noqa: E402
+from retina_jax.ops import onednn_conv  # noqa: E402
 
 # Forward + backward of a conv net costs about 3 forward passes (the backward pass computes
 # gradients for both the activations and the weights, each about one forward's work).
@@ -60,6 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the plain-Flax peer U-Net (--model=unet only)")
     parser.add_argument("--reference_dir", default=str(REPO.parent / "shared" / "bench"))
+    parser.add_argument("--conv", choices=("xla", "onednn"), default="xla",
+                        help="CPU convolutions: XLA's, or oneDNN's through retina_jax/ops/onednn_conv.py "
+                             "(build it with scripts/build_onednn.sh; XLA's are used if it is absent)")
     parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
                         help="also time configs/drive.py's inference of one whole DRIVE image")
     args = parser.parse_args(argv)
@@ -127,24 +131,30 @@ def timed(function, *args):
     return result, time.perf_counter() - start
 
 
-def compile_steps(config, mesh, image_shape, batch: dict):
+def compile_steps(config, mesh, image_shape, batch: dict, conv: str = "xla"):
     """The initial state and AOT-compiled train step and predict (as train.Experiment builds
-    them), with their compile seconds and the forward pass's XLA cost analysis."""
-    model, tx = train.build_model(config), train.make_optimizer(config)
+    them), with their compile seconds and the forward pass's XLA cost analysis. `conv`: the
+    convolution implementation (onednn_conv.with_conv)."""
+    xla_model, tx = train.build_model(config), train.make_optimizer(config)
+    model = onednn_conv.with_conv(xla_model, conv)
     replicated = parallel.replicated(mesh)
     root_key = jax.random.key(config.seed)
     state = jax.jit(functools.partial(train.create_train_state, model, tx, image_shape=image_shape),
                     out_shardings=replicated)(jax.random.fold_in(root_key, 0))
     train_step = jax.jit(
-        functools.partial(train.train_step, model=model, tx=tx, loss_fn=losses.get_loss(config.train.loss),
+        functools.partial(train.train_step, model=model, tx=tx, batch_loss=train.segmentation_loss(config.train.loss),
                           dropout_key=jax.random.fold_in(root_key, 1)),
         donate_argnums=(0,), out_shardings=(replicated, replicated))
     predict = jax.jit(functools.partial(train.predict_probabilities, model=model),
                       out_shardings=parallel.batch_sharded(mesh))
     compiled_train, train_seconds = timed(lambda: train_step.lower(state, batch).compile())
     compiled_predict, predict_seconds = timed(lambda: predict.lower(state, batch["image"]).compile())
-    # Cost analysis counts one device's share of the partitioned program.
-    forward_flops = compiled_predict.cost_analysis()["flops"] * mesh.size / len(batch["image"])
+    # Cost analysis counts one device's share of the partitioned program. It does not see into
+    # oneDNN's custom calls: the FLOPs are then those of the same predict with XLA's convs.
+    costed = compiled_predict if model is xla_model else jax.jit(
+        functools.partial(train.predict_probabilities, model=xla_model),
+        out_shardings=parallel.batch_sharded(mesh)).lower(state, batch["image"]).compile()
+    forward_flops = costed.cost_analysis()["flops"] * mesh.size / len(batch["image"])
     return state, compiled_train, compiled_predict, {
         "train_compile_seconds": train_seconds, "predict_compile_seconds": predict_seconds,
         "forward_gflops_per_image": forward_flops / 1e9,
@@ -266,11 +276,12 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_mesh(args.devices)
     parallel.local_batch_size(args.batch, mesh)  # a batch that does not split fails here, clearly
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {args.model}, {image_shape} images, "
-          f"global batch {args.batch} over {mesh.size} device(s)")
+          f"global batch {args.batch} over {mesh.size} device(s), {args.conv} convolutions")
 
     batch = synthetic_batch(args.batch, image_shape)
     global_batch = parallel.to_global_batch(batch, mesh)
-    state, train_step, predict, compiled = compile_steps(config, mesh, image_shape, global_batch)
+    state, train_step, predict, compiled = compile_steps(config, mesh, image_shape, global_batch,
+                                                         args.conv)
     compile_seconds = compiled["train_compile_seconds"] + compiled["predict_compile_seconds"]
     print(f"{compiled['params']:,} parameters; compiled in {compile_seconds:.1f} s (train step "
           f"{compiled['train_compile_seconds']:.1f} s, predict {compiled['predict_compile_seconds']:.1f} s)")
@@ -312,6 +323,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps({
         "model": args.model, "size": args.size, "batch": args.batch, "channels": channels,
         "devices": mesh.size, "backend": jax.default_backend(), "params": compiled["params"],
+        "conv": args.conv,
         "train_img_per_s": round(train_img_per_s, 2), "infer_img_per_s": round(infer_img_per_s, 2),
         "forward_gflops_per_image": round(forward_gflops, 4),
         "train_gflops_per_s": round(train_gflops_per_s, 1),

@@ -1,0 +1,1 @@
+"""Optional custom kernels (see onednn_conv)."""

@@ -1,0 +1,238 @@
+// XLA FFI handlers that run 2-D convolutions (NHWC activations, HWIO weights, float32) through
+// oneDNN: forward, backward-data and backward-weights. The transposed convolution is the
+// backward-data primitive of the matching forward convolution, so three handlers cover
+// conv, its VJP, the transposed conv and its VJP (see retina_jax/ops/onednn_conv.py).
+//
+// Primitives are created once per (kind, shapes, strides, pads, weight-format) and cached.
+// Activations stay in JAX's dense NHWC layout (no reorders); weights are either used as HWIO
+// directly or, with weights_any=1, reordered to the blocked layout oneDNN prefers on every call.
+#include <omp.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+int g_num_threads = 0;  // 0: leave OpenMP's default (OMP_NUM_THREADS / all cores)
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {  // one in-order stream per calling thread
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+enum Kind : int { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+// N, C_in, H, W, C_out, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, weights_any, kind
+using Key = std::array<int64_t, 17>;
+
+struct Entry {
+  dnnl::primitive prim;
+  memory::desc src_md, wei_md, dst_md;   // what the primitive wants (src/dst are always nhwc)
+  memory::desc wei_user_md;              // hwio
+  bool reorder_weights = false;
+  dnnl::primitive wei_reorder;           // user -> primitive layout (fwd/bwd_data) or back (bwd_w)
+  memory::desc scratch_md;
+  std::string impl;
+};
+
+std::mutex g_mutex;
+std::map<Key, std::shared_ptr<Entry>> g_cache;
+
+std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
+  auto [N, IC, H, W, OC, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, wmode, kind] = k;
+  memory::dims src_dims = {N, IC, H, W}, dst_dims = {N, OC, OH, OW}, wei_dims = {OC, IC, KH, KW};
+  memory::dims strides = {sh, sw}, pad_l = {pt, pl}, pad_r = {pb, pr};
+  auto src_md = memory::desc(src_dims, dt::f32, tag::nhwc);
+  auto dst_md = memory::desc(dst_dims, dt::f32, tag::nhwc);
+  auto wei_user_md = memory::desc(wei_dims, dt::f32, tag::hwio);
+  auto wei_md = weights_any ? memory::desc(wei_dims, dt::f32, tag::any) : wei_user_md;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto& eng = Engine();
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_md, wei_md,
+      dst_md, strides, pad_l, pad_r, attr);
+  auto e = std::make_shared<Entry>();
+  e->wei_user_md = wei_user_md;
+  if (kind == kFwd) {
+    e->prim = dnnl::convolution_forward(fwd_pd);
+    e->src_md = fwd_pd.src_desc(); e->wei_md = fwd_pd.weights_desc(); e->dst_md = fwd_pd.dst_desc();
+    e->scratch_md = fwd_pd.scratchpad_desc();
+    e->impl = fwd_pd.impl_info_str();
+  } else if (kind == kBwdData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
+        fwd_pd, attr);
+    e->prim = dnnl::convolution_backward_data(pd);
+    e->src_md = pd.diff_src_desc(); e->wei_md = pd.weights_desc(); e->dst_md = pd.diff_dst_desc();
+    e->scratch_md = pd.scratchpad_desc();
+    e->impl = pd.impl_info_str();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
+        fwd_pd, attr);
+    e->prim = dnnl::convolution_backward_weights(pd);
+    e->src_md = pd.src_desc(); e->wei_md = pd.diff_weights_desc(); e->dst_md = pd.diff_dst_desc();
+    e->scratch_md = pd.scratchpad_desc();
+    e->impl = pd.impl_info_str();
+  }
+  e->reorder_weights = e->wei_md != wei_user_md;
+  if (e->reorder_weights) {
+    e->wei_reorder = kind == kBwdWeights ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, e->wei_md, eng, wei_user_md))
+                                         : dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_user_md, eng, e->wei_md));
+  }
+  return e;
+}
+
+// Weight layout: mode 0 = HWIO as given, 1 = the layout oneDNN prefers (reordered per call),
+// 2 = HWIO unless oneDNN then falls back to a gemm/reference kernel (the usual case for
+// backward passes), in which case the preferred layout.
+std::shared_ptr<Entry> Build(const Key& k) {
+  int64_t mode = k[15];
+  if (mode == 1) return Build(k, true);
+  auto e = Build(k, false);
+  if (mode == 2 && (e->impl.find("gemm") != std::string::npos ||
+                    e->impl.find("ref") != std::string::npos))
+    return Build(k, true);
+  return e;
+}
+
+std::shared_ptr<Entry> Lookup(const Key& k) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_cache.find(k);
+  if (it != g_cache.end()) return it->second;
+  auto e = Build(k);
+  g_cache.emplace(k, e);
+  return e;
+}
+
+// x: (N,H,W,IC) conv input; y: (N,OH,OW,OC) conv output; w: (KH,KW,IC,OC).
+ffi::Error Run(Kind kind, float* x, float* w, float* y, ffi::Span<const int64_t> xd,
+               ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, int64_t sh, int64_t sw,
+               int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t weights_any) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("onednn_conv: expected rank-4 NHWC / HWIO buffers");
+  if (xd[3] != wd[2] || yd[3] != wd[3] || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("onednn_conv: inconsistent shapes");
+  try {
+    if (g_num_threads > 0) omp_set_num_threads(g_num_threads);
+    Key key = {xd[0], xd[3], xd[1], xd[2], yd[3], wd[0], wd[1], yd[1], yd[2],
+               sh, sw, pt, pb, pl, pr, weights_any, kind};
+    auto e = Lookup(key);
+    auto& eng = Engine();
+    auto& strm = Stream();
+    thread_local std::vector<char> scratch, wbuf;
+    if (scratch.size() < e->scratch_md.get_size()) scratch.resize(e->scratch_md.get_size());
+    memory scratch_mem(e->scratch_md, eng, scratch.data());
+    memory src_mem(e->src_md, eng, x), dst_mem(e->dst_md, eng, y);
+    memory wei_user_mem(e->wei_user_md, eng, w);
+    memory wei_mem = wei_user_mem;
+    if (e->reorder_weights) {
+      if (wbuf.size() < e->wei_md.get_size()) wbuf.resize(e->wei_md.get_size());
+      wei_mem = memory(e->wei_md, eng, wbuf.data());
+      if (kind != kBwdWeights) e->wei_reorder.execute(strm, {{DNNL_ARG_FROM, wei_user_mem}, {DNNL_ARG_TO, wei_mem}});
+    }
+    if (kind == kFwd) {
+      e->prim.execute(strm, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, wei_mem},
+                             {DNNL_ARG_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+    } else if (kind == kBwdData) {
+      e->prim.execute(strm, {{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, wei_mem},
+                             {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+    } else {
+      e->prim.execute(strm, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, wei_mem},
+                             {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+      if (e->reorder_weights) e->wei_reorder.execute(strm, {{DNNL_ARG_FROM, wei_mem}, {DNNL_ARG_TO, wei_user_mem}});
+    }
+    strm.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Ret = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error FwdImpl(F32 x, F32 w, F32Ret y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr, int64_t weights_any) {
+  return Run(kFwd, x.typed_data(), w.typed_data(), y->typed_data(), x.dimensions(),
+             w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+}
+
+// dy: conv output gradient, w: weights -> dx (the result's shape is the conv input's).
+ffi::Error BwdDataImpl(F32 dy, F32 w, F32Ret dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                       int64_t pl, int64_t pr, int64_t weights_any) {
+  return Run(kBwdData, dx->typed_data(), w.typed_data(), dy.typed_data(), dx->dimensions(),
+             w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+}
+
+// x: conv input, dy: conv output gradient -> dw (HWIO).
+ffi::Error BwdWeightsImpl(F32 x, F32 dy, F32Ret dw, int64_t sh, int64_t sw, int64_t pt,
+                          int64_t pb, int64_t pl, int64_t pr, int64_t weights_any) {
+  return Run(kBwdWeights, x.typed_data(), dw->typed_data(), dy.typed_data(), x.dimensions(),
+             dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+}
+
+}  // namespace
+
+#define RETINA_CONV_BINDING(ARG0, ARG1)          \
+  ffi::Ffi::Bind()                               \
+      .Arg<F32>()                                \
+      .Arg<F32>()                                \
+      .Ret<F32>()                                \
+      .Attr<int64_t>("sh")                       \
+      .Attr<int64_t>("sw")                       \
+      .Attr<int64_t>("pt")                       \
+      .Attr<int64_t>("pb")                       \
+      .Attr<int64_t>("pl")                       \
+      .Attr<int64_t>("pr")                       \
+      .Attr<int64_t>("weights_any")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RetinaOnednnConvFwd, FwdImpl, RETINA_CONV_BINDING(x, w));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RetinaOnednnConvBwdData, BwdDataImpl, RETINA_CONV_BINDING(dy, w));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RetinaOnednnConvBwdWeights, BwdWeightsImpl,
+                              RETINA_CONV_BINDING(x, dy));
+
+extern "C" {
+// Threads each oneDNN call may use (0: OpenMP default). Set from Python via ctypes.
+void retina_onednn_set_num_threads(int n) { g_num_threads = n; }
+// Implementation name and weight layout of cached primitive i (for diagnostics); "" past the end.
+const char* retina_onednn_describe(int i) {
+  static thread_local std::string out;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  out.clear();
+  for (auto& [key, e] : g_cache) {
+    if (i-- != 0) continue;
+    static const char* kinds[] = {"fwd", "bwd_data", "bwd_weights"};
+    out = std::string(kinds[key[16]]) + " N" + std::to_string(key[0]) + " " + std::to_string(key[2]) +
+          "x" + std::to_string(key[3]) + " " + std::to_string(key[1]) + "->" + std::to_string(key[4]) +
+          " k" + std::to_string(key[5]) + " s" + std::to_string(key[9]) + ": " + e->impl +
+          (e->reorder_weights ? " (blocked weights)" : " (hwio weights)");
+    break;
+  }
+  return out.c_str();
+}
+int retina_onednn_cache_size() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return static_cast<int>(g_cache.size());
+}
+}

@@ -1,0 +1,208 @@
+"""oneDNN convolutions (retina_jax/ops/onednn_conv.py) against XLA's, forward and gradients."""
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from retina_jax.ops import onednn_conv
+
+needs_lib = pytest.mark.skipif(
+    not onednn_conv.available(),
+    reason=f"oneDNN conv library not built (scripts/build_onednn.sh): {onednn_conv.unavailable_reason()}")
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def _data(x_shape, w_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32)),
+            jnp.asarray(rng.standard_normal(w_shape, dtype=np.float32) / np.sqrt(np.prod(w_shape[:3]))))
+
+
+def _value_and_grads(conv_fn, x, w):
+    """Output, and the gradients of a random linear functional of it w.r.t. x and w, inside jit."""
+    def loss(x, w):
+        y = conv_fn(x, w)
+        probe = jnp.sin(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+        return jnp.sum(y * probe), y
+    (_, y), (gx, gw) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
+    return y, gx, gw
+
+
+def _assert_close(ours, ref):
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+
+
+@needs_lib
+@pytest.mark.parametrize("hw, k, stride, padding, cin, cout", [
+    ((8, 8), 3, 1, "SAME", 3, 5),
+    ((9, 7), 3, 1, "SAME", 4, 6),      # odd sizes
+    ((9, 7), 3, 2, "SAME", 4, 6),      # stride 2, odd: asymmetric padding
+    ((8, 8), 3, 2, "SAME", 2, 3),
+    ((7, 7), 1, 1, "SAME", 5, 1),      # 1x1 head
+    ((7, 6), 1, 2, "VALID", 3, 2),
+    ((10, 9), 3, 1, "VALID", 2, 4),
+    ((6, 6), 3, 1, [(2, 0), (1, 1)], 2, 2),
+])
+def test_conv_matches_xla(hw, k, stride, padding, cin, cout):
+    x, w = _data((2, *hw, cin), (k, k, cin, cout))
+    kw = dict(window_strides=(stride, stride), padding=padding, dimension_numbers=NHWC)
+    ours = _value_and_grads(functools.partial(onednn_conv.conv_general_dilated, **kw), x, w)
+    ref = _value_and_grads(functools.partial(lax.conv_general_dilated, **kw), x, w)
+    _assert_close(ours, ref)
+
+
+@needs_lib
+@pytest.mark.parametrize("hw, k, stride, padding, cin, cout, transpose_kernel", [
+    ((4, 4), 3, 2, "SAME", 6, 3, False),    # the U-Net's up-sampling
+    ((5, 3), 3, 2, "SAME", 4, 2, False),    # odd sizes
+    ((4, 5), 3, 2, "VALID", 3, 4, False),
+    ((4, 4), 2, 2, "SAME", 3, 3, False),
+    ((5, 5), 3, 1, "SAME", 2, 3, False),
+    ((4, 4), 3, 2, "SAME", 4, 2, True),
+    ((4, 4), 1, 2, "SAME", 3, 2, False),    # negative oneDNN padding: falls back to XLA
+])
+def test_conv_transpose_matches_xla(hw, k, stride, padding, cin, cout, transpose_kernel):
+    w_shape = (k, k, cout, cin) if transpose_kernel else (k, k, cin, cout)
+    x, w = _data((2, *hw, cin), w_shape, seed=1)
+    kw = dict(strides=(stride, stride), padding=padding, dimension_numbers=NHWC,
+              transpose_kernel=transpose_kernel)
+    ours = _value_and_grads(functools.partial(onednn_conv.conv_transpose, **kw), x, w)
+    ref = _value_and_grads(functools.partial(lax.conv_transpose, **kw), x, w)
+    _assert_close(ours, ref)
+
+
+@needs_lib
+def test_uses_the_custom_call_on_cpu_only():
+    x, w = _data((1, 8, 8, 2), (3, 3, 2, 4))
+    conv = functools.partial(onednn_conv.conv_general_dilated, window_strides=(1, 1),
+                             padding="SAME", dimension_numbers=NHWC)
+    hlo = jax.jit(conv).lower(x, w).as_text()
+    assert "retina_onednn_conv_fwd" in hlo
+    assert "convolution" not in hlo  # the XLA branch is not lowered for CPU
+
+
+@needs_lib
+def test_flax_modules_match():
+    import flax.linen as nn
+    x, _ = _data((2, 8, 8, 3), (1, 1, 1, 1))
+    for module, ours in [
+        (nn.Conv(4, (3, 3), strides=2), nn.Conv(4, (3, 3), strides=2,
+                                                conv_general_dilated=onednn_conv.conv_general_dilated)),
+    ]:
+        params = module.init(jax.random.key(0), x)
+        np.testing.assert_allclose(np.asarray(ours.apply(params, x)),
+                                   np.asarray(module.apply(params, x)), **TOL)
+
+
+@needs_lib
+def test_batch_sharded_over_two_devices():
+    """A batch sharded over a 2-device mesh stays sharded: per-device calls, all-reduced kernel grad."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jax import lax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from retina_jax.ops import onednn_conv
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        rng = np.random.default_rng(0)
+        x = jax.device_put(rng.standard_normal((4, 8, 8, 3), dtype=np.float32), NamedSharding(mesh, P("data")))
+        w = jax.device_put(rng.standard_normal((3, 3, 3, 5), dtype=np.float32), NamedSharding(mesh, P()))
+        def grads(conv, transpose):
+            def loss(x, w):
+                if transpose:
+                    y = conv(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                else:
+                    y = conv(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return jnp.sum(jnp.sin(y))
+            fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+            return fn, fn(x, w)
+        for transpose in (False, True):
+            ours, ref = ((onednn_conv.conv_transpose, lax.conv_transpose) if transpose else
+                         (onednn_conv.conv_general_dilated, lax.conv_general_dilated))
+            fn, (gx, gw) = grads(ours, transpose)
+            _, (rx, rw) = grads(ref, transpose)
+            np.testing.assert_allclose(gx, rx, rtol=2e-5, atol=2e-5)
+            np.testing.assert_allclose(gw, rw, rtol=2e-5, atol=2e-5)
+            hlo = fn.lower(x, w).compile().as_text()
+            assert "all-gather" not in hlo and "retina_onednn_conv" in hlo, hlo
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+@needs_lib
+def test_with_conv_keeps_the_model_and_matches_xla():
+    from retina_jax import models
+    model = models.get_model("unet", features=4, depth=2)
+    ours = onednn_conv.with_conv(model, "onednn")
+    assert type(ours).__name__ == type(model).__name__ and isinstance(ours, type(model))
+    assert onednn_conv.with_conv(model, "xla") is model
+    x, _ = _data((2, 16, 16, 1), (1, 1, 1, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), variables, ours.init(jax.random.key(0), x, train=False))
+    assert jax.tree.all(same)  # same parameter tree and values: checkpoints are interchangeable
+
+    def loss(module, params):
+        logits, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                 rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+        return jnp.mean(jnp.sin(logits)), logits
+
+    grads = {}
+    for name, module in (("ours", ours), ("xla", model)):
+        fn = jax.jit(jax.value_and_grad(functools.partial(loss, module), has_aux=True))
+        grads[name] = fn(variables["params"])
+        uses_onednn = "retina_onednn_conv" in fn.lower(variables["params"]).as_text()
+        assert uses_onednn == (name == "ours")
+    for a, b in zip(jax.tree.leaves(grads["ours"]), jax.tree.leaves(grads["xla"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_falls_back_to_xla_without_the_library(monkeypatch, caplog):
+    monkeypatch.setattr(onednn_conv, "LIB_PATH", onednn_conv.LIB_PATH.with_name("absent.so"))
+    monkeypatch.setattr(onednn_conv, "_state", {"lib": None, "error": None, "tried": False})
+    with caplog.at_level("WARNING"):
+        assert not onednn_conv.available()
+    assert "oneDNN convolutions unavailable" in caplog.text and "build_onednn.sh" in caplog.text
+    x, w = _data((1, 8, 8, 2), (3, 3, 2, 4))
+    conv = functools.partial(onednn_conv.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                             dimension_numbers=NHWC)
+    hlo = jax.jit(conv).lower(x, w).as_text()
+    assert "convolution" in hlo and "retina_onednn_conv" not in hlo
+    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    np.testing.assert_allclose(np.asarray(jax.jit(conv)(x, w)), np.asarray(ref), **TOL)
+    from retina_jax import models
+    model = models.get_model("unet", features=4, depth=2)
+    assert onednn_conv.with_conv(model, "onednn") is model
+
+
+@needs_lib
+def test_config_switch_trains_like_xla_and_keeps_the_checkpoint_format(smoke_config):
+    from retina_jax import parallel, train
+    from retina_jax.data import pipeline
+    results = {}
+    for conv in ("xla", "onednn"):
+        smoke_config.conv = conv
+        experiment = train.Experiment(smoke_config)
+        batch = next(pipeline.train_batches(experiment.builder, smoke_config, start_step=0,
+                                            local_batch_size=experiment.local_batch_size(8)))
+        _, step_metrics = experiment.train_step(experiment.initial_state,
+                                                parallel.to_global_batch(batch, experiment.mesh))
+        results[conv] = (experiment.run_info["model"], jax.device_get(step_metrics))
+    assert results["onednn"][0] == results["xla"][0]  # checkpoints of either resume with the other
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(results["onednn"][1][key], results["xla"][1][key], rtol=1e-4)
