@@ -125,11 +125,32 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
+def local_batch_rows(local_batch: Mapping, process_count: int, num_devices: int) -> int:
+    """The rows every feature of `local_batch` has; ValueError when the features disagree or
+    `process_count` such batches do not split evenly over `num_devices`."""
+    rows = {key: np.shape(value)[0] for key, value in local_batch.items()}
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"Local batch features have different batch sizes: {rows}.")
+    num_rows = next(iter(rows.values()))
+    if (num_rows * process_count) % num_devices:
+        raise ValueError(f"Local batch of {num_rows} rows x {process_count} process(es) does not "
+                         f"split over the {num_devices} devices of the mesh; pad it (see "
+                         "pipeline.padded_batches).")
+    return num_rows
+
+
 def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """Assembles each process's numpy batch into global arrays sharded along 'data'."""
+    """Assembles each process's numpy batch into global arrays sharded along 'data'.
+
+    Every process must feed the same number of rows (the pipelines pad the last batch): a
+    process with fewer would leave the others waiting in a collective, so an uneven local batch
+    is refused here, naming the features and their sizes, before it can hang a step.
+    """
+    num_rows = local_batch_rows(local_batch, jax.process_count(), mesh.size)
     sharding = batch_sharded(mesh)
-    return jax.tree.map(lambda array: jax.make_array_from_process_local_data(sharding, array),
-                        local_batch)
+    return {key: jax.make_array_from_process_local_data(
+                sharding, value, (num_rows * jax.process_count(), *np.shape(value)[1:]))
+            for key, value in local_batch.items()}
 
 
 def process_local(global_array: jax.Array) -> np.ndarray:
@@ -137,3 +158,12 @@ def process_local(global_array: jax.Array) -> np.ndarray:
     rows_per_process = global_array.shape[0] // jax.process_count()
     start = jax.process_index() * rows_per_process
     return np.asarray(global_array[start:start + rows_per_process])
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Keeps compiled XLA programs in `directory` (JAX's persistent compilation cache), so that a
+    resumed or repeated run with the same shapes skips compilation. Call before the first jit."""
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    # Every program: the train and evaluation steps are few, and each costs seconds to compile.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

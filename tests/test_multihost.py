@@ -77,6 +77,17 @@ def test_cpu_devices_split_the_batch_over_every_process(monkeypatch):
     assert parallel.cpu_device_count(config, process_count=2) == 2
 
 
+def test_uneven_local_batches_are_refused_before_they_reach_a_collective():
+    with pytest.raises(ValueError, match="different batch sizes"):
+        parallel.local_batch_rows({"image": np.zeros((4, 2)), "label": np.zeros(3)}, 1, 1)
+    with pytest.raises(ValueError, match="3 rows x 2 process.* 4 devices"):
+        parallel.local_batch_rows({"image": np.zeros((3, 2))}, 2, 4)
+    assert parallel.local_batch_rows({"image": np.zeros((2, 5)), "label": np.zeros(2)}, 2, 4) == 2
+    mesh = parallel.make_mesh(0)
+    batch = parallel.to_global_batch({"image": np.ones((2 * mesh.size, 3))}, mesh)
+    assert batch["image"].shape == (2 * mesh.size, 3)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -159,3 +170,16 @@ def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp
     assert metrics["step"] == 2
     assert metrics["num_examples"] == 173  # each process evaluated its own half of the split
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 1  # only process 0 logs
+
+
+def test_compilation_cache_keeps_compiled_programs_for_the_next_run(tmp_path):
+    program = ("import sys, jax, jax.numpy as jnp; from retina_jax import parallel; "
+               "parallel.enable_compilation_cache(sys.argv[1]); "
+               "print(float(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum()))")
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", program, str(cache)], cwd=REPO, env=SUBPROCESS_ENV,
+                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(6 * np.sin(1.0), rel=1e-6)
+    assert any(cache.iterdir()), "no compiled program was written to the cache"
