@@ -9,9 +9,18 @@ from ml_collections.config_dict import placeholder
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.task = "segmentation"     # segmentation | classification (retina_jax/tasks/)
     # Compute dtype of the model: float32, or bfloat16 (mixed precision: parameters, optimizer
     # state, loss and metrics stay float32; activations and convolutions run in bfloat16).
     config.dtype = "float32"
+    # CPU convolutions: "xla" (XLA's own) or "onednn" (oneDNN through a JAX FFI custom call: the
+    # seed U-Net trains ~2x faster on CPU; built by scripts/build_onednn.sh, which scripts/test.sh
+    # runs; without the build XLA's are used, with a warning). GPU/TPU always use XLA's native
+    # convolutions, and so do bfloat16 ones.
+    config.conv = "xla"
+    # JAX's persistent compilation cache: a folder for compiled programs, reused by later runs
+    # with the same shapes (resumes, evaluations); "" = off.
+    config.compilation_cache_dir = ""
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "retina_vessels"
@@ -21,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.validation_split = "validation"
     config.dataset.shuffle_buffer = 1024
     config.dataset.cache = True      # keep decoded examples in memory (small datasets)
+    config.dataset.label_from_mask = False  # classification: label = the mask has any foreground
 
     config.input = ml_collections.ConfigDict()
     config.input.mean = 0.445        # image -> (image / 255 - mean) / std; train-split statistics
@@ -31,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.clahe_grid = 8      # CLAHE tiles per side
     config.input.gamma = 1.0         # grey -> 255 * (grey / 255) ** gamma; 1 = off
     config.input.standardize = "dataset"  # dataset: with mean/std above; image: per image (over its FOV)
+    config.input.resize = placeholder(tuple)  # (height, width) every image is resized to; None = as stored
 
     config.augment = ml_collections.ConfigDict()
     config.augment.hflip = True
@@ -69,6 +80,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 25
     config.train.eval_every = 100    # also the checkpoint cadence
     config.train.stop_at_step = 0    # >0: end this run there (resumable), e.g. for chained jobs
+
+    # config.task = "classification" only (retina_jax/tasks/classification.py).
+    config.classification = ml_collections.ConfigDict()
+    config.classification.head = "softmax"     # softmax (num_classes logits) | regression (1 output)
+    config.classification.class_weights = "none"  # none | balanced | K comma-separated numbers
+    config.classification.label_smoothing = 0.0   # softmax head
+    config.classification.class_names = placeholder(tuple)  # None = the dataset's label names
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "validation"  # --mode=evaluate only

@@ -35,3 +35,10 @@ def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())
+
+
+def plain_value(value):
+    """A numpy scalar or bytes feature value as a plain Python value (for CSV and JSON rows)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value

@@ -30,7 +30,10 @@ from jax.experimental import multihost_utils
 from retina_jax import (checkpoint, datasets, inference, io_utils, losses, metrics, models, parallel,
                         viz)
 from retina_jax.data import pipeline
-from retina_jax.tasks import segmentation
+from retina_jax.ops import onednn_conv
+from retina_jax.tasks import classification, segmentation
+
+TASKS = ("segmentation", "classification")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -62,13 +65,15 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def build_model(config: ml_collections.ConfigDict):
-    """The registered model `config.model.name` computing in `config.dtype`; unset (None) model
-    fields keep the model's default."""
+    """The registered model `config.model.name` computing in `config.dtype`, its convolutions
+    traced as `config.conv` says (retina_jax/ops/onednn_conv.py); unset (None) model fields keep
+    the model's default."""
     if config.dtype not in COMPUTE_DTYPES:
         raise ValueError(f"config.dtype must be one of {COMPUTE_DTYPES}, got {config.dtype!r}.")
     model_kwargs = {key: value for key, value in config.model.items()
                     if key != "name" and value is not None}
-    return models.get_model(config.model.name, dtype=jnp.dtype(config.dtype), **model_kwargs)
+    model = models.get_model(config.model.name, dtype=jnp.dtype(config.dtype), **model_kwargs)
+    return onednn_conv.with_conv(model, config.conv)
 
 
 def model_record(name: str, model) -> dict:
@@ -97,16 +102,24 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
+def segmentation_loss(name: str) -> Callable:
+    """The batch loss `(logits, batch) -> scalar` of the segmentation loss `name` (losses.LOSSES)."""
+    return functools.partial(segmentation.loss, losses.get_loss(name))
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               loss_fn: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
-    """One optimizer step on a (globally sharded) batch; pure, so jit can donate `state`."""
+               batch_loss: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
+    """One optimizer step on a (globally sharded) batch; pure, so jit can donate `state`.
+
+    `batch_loss(outputs, batch)` is the task's loss (`segmentation_loss`, `classification.loss`).
+    """
     step_key = jax.random.fold_in(dropout_key, state.step)
 
     def compute_loss(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       batch["image"], train=True, rngs={"dropout": step_key},
                                       mutable=["batch_stats"])
-        return segmentation.loss(loss_fn, logits, batch), updates.get("batch_stats", {})
+        return batch_loss(logits, batch), updates.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -130,13 +143,22 @@ def eval_step(state: TrainState, batch: dict, *, predict: inference.Predict, thr
             segmentation.case_counts(probabilities, batch, threshold=threshold), probabilities)
 
 
+def classification_eval_step(state: TrainState, batch: dict, *, model, head: str) -> jnp.ndarray:
+    """Every example's scores (classification.scores) of one batch."""
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                          train=False)
+    return classification.scores(outputs, head)
+
+
 @dataclasses.dataclass
 class Evaluation:
-    """One pass over a split: `metrics` (segmentation.summarize), per-case rows, the worst / best
-    cases, and the accumulated counts (histograms: metrics at other thresholds, curves)."""
+    """One pass over a split: `metrics` (segmentation.summarize or classification.summarize),
+    per-case rows, the worst / best cases (segmentation; None for classification), and what
+    the metrics were computed from: segmentation's accumulated counts (histograms: metrics at
+    other thresholds, curves), or classification's `labels` and `scores` of every example."""
     metrics: dict
     cases: list[dict]
-    gallery: segmentation.Gallery
+    gallery: segmentation.Gallery | None
     counts: dict
 
 
@@ -148,8 +170,24 @@ class Experiment:
         self.mesh = parallel.make_mesh(config.parallel.num_devices)
         self.builder = datasets.get_builder(config.dataset.name, data_dir=config.dataset.data_dir,
                                             manual_dir=config.dataset.manual_dir)
+        if config.task not in TASKS:
+            raise ValueError(f"config.task must be one of {TASKS}, got {config.task!r}.")
         self.model = build_model(config)
         self.tx = make_optimizer(config)
+        if config.task == "classification":
+            self.class_names = class_names(self.builder, config)
+            counts = pipeline.class_counts(self.builder, config.dataset.train_split, config,
+                                           len(self.class_names))
+            self.class_weights = classification.resolve_class_weights(
+                config.classification.class_weights, counts)
+            expected_outputs = 1 if config.classification.head == "regression" else len(self.class_names)
+            if config.model.num_classes != expected_outputs:
+                raise ValueError(
+                    f"config.model.num_classes={config.model.num_classes}, but the "
+                    f"{config.classification.head} head over classes {self.class_names} needs "
+                    f"{expected_outputs} output(s).")
+            logging.info("Train split class counts %s, loss weights %s", dict(zip(self.class_names, counts.tolist())),
+                         np.round(self.class_weights, 4).tolist())
         # `dataset` tells a later evaluation on another dataset (cross-dataset) where to report.
         self.run_info = {"model": model_record(config.model.name, self.model),
                          "dataset": config.dataset.name}
@@ -162,12 +200,25 @@ class Experiment:
             out_shardings=replicated)(init_key)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx,
-                              loss_fn=losses.get_loss(config.train.loss), dropout_key=dropout_key),
+                              batch_loss=self.batch_loss(), dropout_key=dropout_key),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
-        self.eval_step = jax.jit(
-            functools.partial(eval_step, predict=inference.make_predictor(self.model, config.inference),
-                              threshold=config.eval.threshold, num_bins=config.eval.num_bins),
-            out_shardings=(replicated, replicated, parallel.batch_sharded(self.mesh)))
+        if config.task == "classification":
+            self.eval_step = jax.jit(
+                functools.partial(classification_eval_step, model=self.model,
+                                  head=config.classification.head),
+                out_shardings=replicated)
+        else:
+            self.eval_step = jax.jit(
+                functools.partial(eval_step, predict=inference.make_predictor(self.model, config.inference),
+                                  threshold=config.eval.threshold, num_bins=config.eval.num_bins),
+                out_shardings=(replicated, replicated, parallel.batch_sharded(self.mesh)))
+
+    def batch_loss(self) -> Callable:
+        if self.config.task == "segmentation":
+            return segmentation_loss(self.config.train.loss)
+        return functools.partial(classification.loss, head=self.config.classification.head,
+                                 class_weights=jnp.asarray(self.class_weights),
+                                 label_smoothing=self.config.classification.label_smoothing)
 
     def local_batch_size(self, global_batch_size: int) -> int:
         return parallel.local_batch_size(global_batch_size, self.mesh)
@@ -176,13 +227,16 @@ class Experiment:
         return pipeline.eval_dataset(self.builder, split, self.config,
                                      local_batch_size=self.local_batch_size(self.config.eval.batch_size))
 
-    def evaluate(self, state: TrainState, eval_data, *,
-                 probability_dir: Path | None = None) -> Evaluation:
+    def evaluate(self, state: TrainState, eval_data, *, probability_dir: Path | None = None,
+                 thresholds: np.ndarray | None = None) -> Evaluation:
         """Metrics over the whole split, one row per example, and the worst / best examples.
 
         With `probability_dir`, each process also writes its examples' probability maps there
-        as `<id>.png` (0 outside the field of view).
+        as `<id>.png` (0 outside the field of view). `thresholds`: a regression classifier's
+        grade thresholds (None: k - 0.5).
         """
+        if self.config.task == "classification":
+            return self.evaluate_classification(state, eval_data, thresholds)
         dataset, num_batches = eval_data
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
         total, cases = None, []
@@ -206,6 +260,48 @@ class Experiment:
                 if probability_dir is not None:
                     io_utils.write_png(probability_dir / f"{row['id']}.png", viz.probability_map(probability))
         return Evaluation(segmentation.summarize(total, cases), cases, gallery, total)
+
+    def evaluate_classification(self, state: TrainState, eval_data,
+                                thresholds: np.ndarray | None) -> Evaluation:
+        """Every example's scores, gathered in order on every process, then the split's metrics."""
+        dataset, num_batches = eval_data
+        local_batch_size = self.local_batch_size(self.config.eval.batch_size)
+        score_parts, info_parts = [], []
+        for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
+            batch_scores = self.eval_step(state, parallel.to_global_batch({"image": batch["image"]},
+                                                                          self.mesh))
+            info = gather_case_info({key: batch[key] for key in (*pipeline.CASE_KEYS, "label", "valid")
+                                     if key in batch})
+            real = info.pop("valid") > 0
+            score_parts.append(np.asarray(jax.device_get(batch_scores), np.float64)[real])
+            info_parts.append({key: values[real] for key, values in info.items()})
+        example_scores = np.concatenate(score_parts)
+        info = {key: np.concatenate([part[key] for part in info_parts]) for key in info_parts[0]}
+        labels = info.pop("label").astype(np.int64)
+        return self.classification_evaluation({"labels": labels, "scores": example_scores, "info": info},
+                                              thresholds)
+
+    def classification_evaluation(self, counts: dict, thresholds: np.ndarray | None) -> Evaluation:
+        """Metrics and per-case rows of every example's `labels` and `scores` (and `info`: ids),
+        at the regression head's `thresholds` (None: k - 0.5)."""
+        labels, example_scores = counts["labels"], counts["scores"]
+        head = self.config.classification.head
+        results = classification.summarize(labels, example_scores, head=head,
+                                           class_names=self.class_names, thresholds=thresholds)
+        cases = classification.case_rows(labels, example_scores, counts["info"], head=head,
+                                         class_names=self.class_names, thresholds=results.get("thresholds"))
+        return Evaluation(results, cases, None, counts)
+
+
+def class_names(builder, config: ml_collections.ConfigDict) -> list[str]:
+    """The classes' names: config.classification.class_names, else the dataset's `label` names."""
+    if config.classification.class_names:
+        return list(config.classification.class_names)
+    label_feature = builder.info.features["label"] if "label" in builder.info.features else None
+    if label_feature is None or not hasattr(label_feature, "names"):
+        raise ValueError(f"Dataset {builder.name} has no class-labelled `label` feature: set "
+                         "config.classification.class_names (e.g. with dataset.label_from_mask).")
+    return list(label_feature.names)
 
 
 # Batch features the jitted evaluation step reads (those the dataset has).
@@ -234,7 +330,7 @@ def _as_text(value) -> str:
 
 def overlay_image(gallery: segmentation.Gallery, threshold: float) -> np.ndarray | None:
     """The gallery's cases as one contact sheet (None when it holds none)."""
-    shown = gallery.cases()
+    shown = gallery.cases() if gallery is not None else []
     if not shown:
         return None
     captions = [caption for caption, _ in shown]
@@ -364,6 +460,9 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     trained_on = saved_info.get("dataset", config.dataset.name)
     out_dir = eval_dir(workdir, config.dataset.name, trained_on, split)
     own_validation = config.dataset.name == trained_on and split == config.dataset.validation_split
+    if config.task == "classification":
+        return evaluate_classifier(experiment, manager, state, step, split, workdir, out_dir,
+                                   own_validation=own_validation, trained_on=trained_on)
     threshold = None
     if config.eval.tune_threshold and not own_validation:
         threshold = validation_threshold(experiment, manager, workdir, step, trained_on)
@@ -396,17 +495,75 @@ def eval_dir(workdir: Path, dataset: str, trained_on: str, split: str) -> Path:
     return workdir / "eval" / split if dataset == trained_on else workdir / "eval" / dataset / split
 
 
+def evaluate_classifier(experiment: Experiment, manager, state: TrainState, step: int, split: str,
+                        workdir: Path, out_dir: Path, *, own_validation: bool, trained_on: str) -> dict:
+    """evaluate_checkpoint for classifiers: writes `out_dir`/
+
+      metrics.json          classification.summarize's metrics and `checkpoint_step`; for the
+                            regression head also `validation_thresholds` (tuned for QWK on the
+                            validation split) and the metrics at them (`at_validation_thresholds`)
+      per_case.csv          id, label, predicted, correct, and the class probabilities / output
+      confusion.png/.json   the confusion matrix (rows = true class)
+      roc.png               two classes: the ROC curve of the positive class
+    """
+    config = experiment.config
+    evaluation = experiment.evaluate(state, experiment.eval_data(split))
+    results = {**evaluation.metrics, "checkpoint_step": step}
+    if config.classification.head == "regression":
+        if own_validation:
+            thresholds = classification.tune_thresholds(evaluation.counts["labels"], evaluation.counts["scores"],
+                                                        len(experiment.class_names))
+        else:
+            thresholds = np.asarray(validation_threshold(experiment, manager, workdir, step, trained_on,
+                                                         key="validation_thresholds"))
+        tuned = experiment.classification_evaluation(evaluation.counts, thresholds)
+        results["validation_thresholds"] = [float(value) for value in thresholds]
+        results["at_validation_thresholds"] = {key: value for key, value in tuned.metrics.items()
+                                               if key != "class_names"}
+        evaluation = tuned
+    if jax.process_index() == 0:
+        io_utils.write_json(out_dir / "metrics.json", results)
+        io_utils.write_csv(out_dir / "per_case.csv", evaluation.cases, list(evaluation.cases[0]))
+        matrix = evaluation.metrics["confusion_matrix"]
+        io_utils.write_json(out_dir / "confusion.json", {"class_names": experiment.class_names,
+                                                         "rows_true_columns_predicted": matrix})
+        io_utils.write_png(out_dir / "confusion.png", viz.confusion_matrix_image(
+            np.asarray(matrix), experiment.class_names,
+            title=f"{split}: accuracy {results['accuracy']:.3f}  QWK {results['qwk']:.3f}"))
+        if len(experiment.class_names) == 2 and config.classification.head == "softmax":
+            write_binary_roc(out_dir, evaluation.counts, experiment.class_names[1])
+    logging.info("%s metrics (checkpoint step %d): %s", split, step, _format_metrics(results))
+    logging.info("Wrote metrics.json, per_case.csv, confusion.png in %s", out_dir)
+    return results
+
+
+def write_binary_roc(out_dir: Path, counts: dict, positive_name: str) -> None:
+    """roc.png of a two-class classifier's positive-class probability, with the exact AUC."""
+    positive = counts["labels"] == 1
+    score = counts["scores"][:, 1]
+    auc = classification.auc_roc(score, positive)
+    if auc is None:
+        return
+    order = np.argsort(-score, kind="stable")
+    tpr = np.r_[0.0, np.cumsum(positive[order]) / positive.sum()]
+    fpr = np.r_[0.0, np.cumsum(~positive[order]) / (~positive).sum()]
+    io_utils.write_png(out_dir / "roc.png", viz.curve_plot(
+        fpr, tpr, title=f"ROC ({positive_name})  AUC {auc:.4f}", x_label="1 - specificity",
+        y_label="sensitivity", diagonal=True))
+
+
 def validation_threshold(experiment: Experiment, manager, workdir: Path, step: int,
-                         trained_on: str) -> float:
-    """The F1-maximising threshold of checkpoint `step` on the validation split of the dataset it
-    was trained on, from `eval/<validation split>/metrics.json`. When that file is missing or
-    holds another checkpoint's, the validation split is evaluated first (on the home dataset)."""
+                         trained_on: str, key: str = "best_threshold"):
+    """The threshold(s) `key` chosen for checkpoint `step` on the validation split of the
+    dataset it was trained on (default: the F1-maximising segmentation threshold), from
+    `eval/<validation split>/metrics.json`. When that file is missing or holds another
+    checkpoint's, the validation split is evaluated first (on the home dataset)."""
     config = experiment.config
     path = workdir / "eval" / config.dataset.validation_split / "metrics.json"
 
     def saved_threshold():
         saved = json.loads(path.read_text()) if path.exists() else {}
-        return saved.get("best_threshold") if saved.get("checkpoint_step") == step else None
+        return saved.get(key) if saved.get("checkpoint_step") == step else None
 
     if saved_threshold() is None:
         if config.dataset.name != trained_on:
@@ -418,7 +575,7 @@ def validation_threshold(experiment: Experiment, manager, workdir: Path, step: i
         evaluate_checkpoint(experiment, manager, config.dataset.validation_split, workdir)
     threshold = saved_threshold()
     if threshold is None:
-        raise ValueError(f"{path} has no best_threshold: the validation split has no vessel pixel "
+        raise ValueError(f"{path} has no {key}: the validation split has no positive example "
                          "to choose a threshold on.")
     return threshold
 
@@ -452,4 +609,6 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict:
 
 
 def _format_metrics(values: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+    """The scalar metrics on one line (per-class tables and matrices are in metrics.json)."""
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+                     if not isinstance(v, (dict, list)))

@@ -1,4 +1,5 @@
-"""Pictures researchers look at: segmentation overlays as one contact sheet."""
+"""Pictures researchers look at: segmentation overlays as one contact sheet, curves, confusion
+matrices (PIL only: no plotting library needed)."""
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -90,4 +91,32 @@ def curve_plot(x: np.ndarray, y: np.ndarray, *, title: str, x_label: str, y_labe
     draw.text((margin, 8), title, fill="black")
     draw.text((size // 2 - 40, size - 16), x_label, fill="black")
     draw.text((4, 24), y_label, fill="black")
+    return np.asarray(canvas)
+
+
+def confusion_matrix_image(matrix: np.ndarray, class_names: list[str], *, title: str = "",
+                           cell: int = 56, label_width: int = 90) -> np.ndarray:
+    """The confusion matrix (rows = true class, columns = predicted) as a uint8 RGB picture: each
+    cell shows its count and is shaded by its share of the true class (its row)."""
+    num_classes = len(class_names)
+    row_totals = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    shares = matrix / row_totals
+    width = label_width + num_classes * cell + 10
+    height = 40 + label_width // 3 + num_classes * cell + 10
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill="black")
+    draw.text((label_width, 20), "predicted ->", fill="black")
+    top = 40 + label_width // 3
+    for k, name in enumerate(class_names):
+        draw.text((label_width + k * cell + 4, top - 14), name[:8], fill="black")
+        draw.text((4, top + k * cell + cell // 2 - 6), f"true {name}"[:14], fill="black")
+    for row in range(num_classes):
+        for column in range(num_classes):
+            shade = int(255 - 200 * shares[row, column])
+            box = [label_width + column * cell, top + row * cell,
+                   label_width + (column + 1) * cell - 1, top + (row + 1) * cell - 1]
+            draw.rectangle(box, fill=(shade, shade, 255), outline=(200, 200, 200))
+            draw.text((box[0] + 6, box[1] + cell // 2 - 6), str(int(matrix[row, column])),
+                      fill="black" if shade > 120 else "white")
     return np.asarray(canvas)

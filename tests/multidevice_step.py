@@ -16,7 +16,7 @@ import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import vessels  # noqa: E402
-from retina_jax import losses, parallel, train  # noqa: E402
+from retina_jax import parallel, train  # noqa: E402
 
 IMAGE_SHAPE = (16, 16, 1)
 
@@ -26,7 +26,7 @@ def train_two_steps(num_devices: int, model, tx, batch: dict):
     replicated = parallel.replicated(mesh)
     state = jax.jit(lambda key: train.create_train_state(model, tx, key, IMAGE_SHAPE),
                     out_shardings=replicated)(jax.random.key(0))
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, loss_fn=losses.get_loss("bce_dice"),
+    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, batch_loss=train.segmentation_loss("bce_dice"),
                                                  dropout_key=jax.random.key(1)),
                    donate_argnums=(0,), out_shardings=(replicated, replicated))
     step_losses = []

@@ -27,7 +27,7 @@ from flax import traverse_util
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import vessels  # noqa: E402
-from retina_jax import checkpoint, losses, parallel, train  # noqa: E402
+from retina_jax import checkpoint, parallel, train  # noqa: E402
 
 IMAGE_SHAPE = (16, 16, 1)
 GLOBAL_BATCH = 8
@@ -94,7 +94,7 @@ def train_and_checkpoint(workdir: Path) -> tuple[dict, dict]:
     mesh = parallel.make_mesh()
     replicated = parallel.replicated(mesh)
     initial = initial_state_fn(model, tx, mesh)
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, loss_fn=losses.get_loss("bce_dice"),
+    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, batch_loss=train.segmentation_loss("bce_dice"),
                                                  dropout_key=jax.random.key(1)),
                    donate_argnums=(0,), out_shardings=(replicated, replicated))
     batch = parallel.to_global_batch(own_rows(global_batch()), mesh)

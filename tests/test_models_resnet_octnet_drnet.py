@@ -1,7 +1,6 @@
 """ResNets, the ResNet-34 U-Net, OctNET and DRNet: counts, shapes, side outputs, training."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from retina_jax import checkpoint, losses, parallel, train
+from retina_jax import checkpoint, parallel, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Seed vessel set, width-8 U-Net, batch 16: validation Dice after this many steps (measured:

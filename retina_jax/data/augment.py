@@ -121,7 +121,12 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
     out_extent = tf.constant([out_height, out_width], tf.float32)
     zoom = tf.exp(_uniform(zoom_seed, -tf.math.log1p(scale), tf.math.log1p(scale))) if scale else 1.0
     box_size = out_extent * zoom
-    center = crop_center(example["mask"], center_seed, box_size=box_size,
+    if "mask" not in example and positive_fraction:
+        raise ValueError("config.augment.positive_crop_fraction needs a segmentation mask; this "
+                         "dataset's examples have none (set it to 0).")
+    # A classification example has no mask: its image's first channel gives the crop geometry.
+    geometry = example["mask"] if "mask" in example else example["image"][..., :1]
+    center = crop_center(geometry, center_seed, box_size=box_size,
                          positive_fraction=positive_fraction, region=example.get("fov"))
     center += tf.random.stateless_uniform([2], shift_seed, -shift, shift) * box_size if shift else 0.0
     spatial_keys = [key for key in SPATIAL_KEYS if key in example]

@@ -36,10 +36,36 @@ def _read_preprocessed(builder, split: str, config, keep_keys: tuple[str, ...] =
     kept = [key for key in keep_keys if key in builder.info.features]
 
     def preprocess(example):
-        return {**preprocess_example(example, config.input), **{key: example[key] for key in kept}}
+        kept_features = {key: example[key] for key in kept}
+        if config.dataset.label_from_mask:
+            example = mask_to_label(example)
+        return {**preprocess_example(example, config.input), **kept_features}
 
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.cache() if config.dataset.cache else dataset
+
+
+def mask_to_label(example: dict) -> dict:
+    """A segmentation example as a classification one: `label` = 1 when its full-resolution
+    mask has any foreground pixel (e.g. "this B-scan shows fluid"), else 0; the mask is dropped."""
+    label = tf.cast(tf.reduce_any(example["mask"] > 0), tf.int32)
+    return {**{key: value for key, value in example.items() if key != "mask"}, "label": label}
+
+
+def class_counts(builder, split: str, config, num_classes: int) -> np.ndarray:
+    """(num_classes,) examples per class in `split` (labels only: images are not decoded unless
+    the labels come from the masks)."""
+    check_split(builder, split)
+    if config.dataset.label_from_mask:
+        dataset = builder.as_dataset(split=split).map(lambda example: mask_to_label(example)["label"])
+    else:
+        dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        dataset = dataset.map(lambda example: example["label"])
+    labels = np.fromiter(dataset.as_numpy_iterator(), np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Split {split!r} of {builder.name} has labels {sorted(set(labels.tolist()))}; "
+                         f"config.model.num_classes={num_classes} allows 0..{num_classes - 1}.")
+    return np.bincount(labels, minlength=num_classes)
 
 
 def model_input_shape(builder, config) -> tuple[int, int, int]:

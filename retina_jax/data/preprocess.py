@@ -1,9 +1,11 @@
 """Preprocessing shared by training, evaluation and inference (one function, used everywhere).
 
-Examples are dicts of tensors: `image` (H,W,C) uint8, `mask` (H,W,1) uint8 in {0,1}, an optional
-boolean `labelled` and, for fundus photographs, an optional field-of-view mask `fov` (H,W,1).
-Output: `image` float32 normalised, `mask` float32 in {0,1}, `labelled` float32 scalar (1, or 0
-for an example without ground truth: losses and metrics skip it) and `fov` float32 in {0,1}.
+Examples are dicts of tensors: `image` (H,W,C) uint8, for segmentation `mask` (H,W,1) uint8 in
+{0,1}, for classification an integer `label`, an optional boolean `labelled` and, for fundus
+photographs, an optional field-of-view mask `fov` (H,W,1).
+Output: `image` float32 normalised, `mask` float32 in {0,1}, `label` int32, `labelled` float32
+scalar (1, or 0 for an example without ground truth: losses and metrics skip it) and `fov`
+float32 in {0,1}; all resized to `config.resize` (height, width) when it is set.
 
 The image steps, in order, each a pure function of tensors (usable eagerly and in tf.data):
   fundus_channel   all channels, the green one or the luminance   (grey levels, float 0..255)
@@ -165,7 +167,25 @@ def preprocess_example(example: dict, config) -> dict:
         image = standardize(image, fov)
     else:
         image = normalize_image(image, config.mean, config.std)
-    processed = {"image": denoise(image, config.denoise),
-                 "mask": tf.cast(example["mask"] > 0, tf.float32),
-                 "labelled": labelled}
-    return processed if fov is None else {**processed, "fov": fov}
+    processed = {"image": denoise(image, config.denoise), "labelled": labelled}
+    if "mask" in example:
+        processed["mask"] = tf.cast(example["mask"] > 0, tf.float32)
+    if fov is not None:
+        processed["fov"] = fov
+    if "label" in example:
+        processed["label"] = tf.cast(example["label"], tf.int32)
+    return resize_example(processed, config.resize) if config.resize else processed
+
+
+def resize_example(example: dict, size) -> dict:
+    """Every spatial key resized to `size` (height, width): the image bilinearly, the masks by
+    nearest neighbour (they stay binary). The aspect ratio is not kept."""
+    resized = {}
+    for key, value in example.items():
+        if key == "image":
+            resized[key] = tf.image.resize(value, size, method="bilinear")
+        elif key in ("mask", "fov"):
+            resized[key] = tf.image.resize(value, size, method="nearest")
+        else:
+            resized[key] = value
+    return resized

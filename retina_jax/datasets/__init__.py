@@ -23,7 +23,9 @@ _BUILDER_MODULES = {
     "chase_db1": "retina_jax.datasets.chase_db1.chase_db1_dataset_builder",
     "drive": "retina_jax.datasets.drive.drive_dataset_builder",
     "duke_dme": "retina_jax.datasets.duke_dme.duke_dme_dataset_builder",
+    "idrid_grading": "retina_jax.datasets.idrid_grading.idrid_grading_dataset_builder",
     "image_folder": "retina_jax.datasets.image_folder.image_folder_dataset_builder",
+    "oct2017": "retina_jax.datasets.oct2017.oct2017_dataset_builder",
     "retina_vessels": "retina_jax.datasets.retina_vessels.retina_vessels_dataset_builder",
 }
 

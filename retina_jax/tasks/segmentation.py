@@ -13,7 +13,7 @@ import heapq
 import jax.numpy as jnp
 import numpy as np
 
-from retina_jax import metrics
+from retina_jax import io_utils, metrics
 
 CASE_COLUMNS = ("gt_pixels", "predicted_pixels", "tp", "fp", "fn", "tn",
                 "dice", "iou", "precision", "recall")
@@ -70,7 +70,7 @@ def case_rows(counts: dict, info: dict) -> list[dict]:
     """
     rows = []
     for index in np.flatnonzero(info["valid"] > 0):
-        row = {key: _plain(values[index]) for key, values in info.items()
+        row = {key: io_utils.plain_value(values[index]) for key, values in info.items()
                if key not in ("valid", "labelled")}
         tp, fp, fn, tn = (int(counts[key][index]) for key in metrics.CONFUSION_KEYS)
         row["labelled"] = bool(info["labelled"][index] > 0)
@@ -81,12 +81,6 @@ def case_rows(counts: dict, info: dict) -> list[dict]:
                        **{key: ratios[key] for key in ("dice", "iou", "precision", "recall")})
         rows.append(row)
     return rows
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def summarize(counts: dict, cases: list[dict]) -> dict:
