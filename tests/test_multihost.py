@@ -183,3 +183,22 @@ def test_compilation_cache_keeps_compiled_programs_for_the_next_run(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(6 * np.sin(1.0), rel=1e-6)
     assert any(cache.iterdir()), "no compiled program was written to the cache"
+
+
+SOAK_CYCLES = 40
+
+
+@pytest.mark.slow
+def test_two_device_training_survives_many_train_evaluate_alternations(tfds_dir, vessel_builder, tmp_path):
+    """The default CPU set-up (one device per core, here 2) alternating train steps with
+    evaluations whose last batch is padded (173 examples in batches of 64), SOAK_CYCLES times:
+    the pattern after which a run once hung in an all-reduce. A hang fails on the timeout."""
+    workdir = tmp_path / "soak"
+    command = [sys.executable, "-m", "retina_jax.main", "--config=configs/vessels.py:smoke",
+               f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}",
+               "--config.parallel.cpu_devices=2", f"--config.train.num_steps={2 * SOAK_CYCLES}",
+               "--config.train.eval_every=2", "--config.train.log_every=2"]
+    run_together([command], tmp_path)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["step"] == 2 * SOAK_CYCLES and metrics["num_examples"] == 173
+    assert "CpuDevice(id=1)" in (tmp_path / "process_0.err").read_text()  # really two devices
