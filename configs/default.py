@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # seed U-Net trains ~2x faster on CPU; built by scripts/build_onednn.sh, which scripts/test.sh
     # runs; without the build XLA's are used, with a warning). GPU/TPU always use XLA's native
     # convolutions, and so do bfloat16 ones.
-    config.conv = "xla"
+    config.conv = "onednn"
     # JAX's persistent compilation cache: a folder for compiled programs, reused by later runs
     # with the same shapes (resumes, evaluations); "" = off.
     config.compilation_cache_dir = ""

@@ -61,9 +61,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the plain-Flax peer U-Net (--model=unet only)")
     parser.add_argument("--reference_dir", default=str(REPO.parent / "shared" / "bench"))
-    parser.add_argument("--conv", choices=("xla", "onednn"), default="xla",
+    parser.add_argument("--conv", choices=("xla", "onednn"), default=default.get_config().conv,
                         help="CPU convolutions: XLA's, or oneDNN's through retina_jax/ops/onednn_conv.py "
                              "(build it with scripts/build_onednn.sh; XLA's are used if it is absent)")
+    parser.add_argument("--dtype", choices=train.COMPUTE_DTYPES, default="float32",
+                        help="compute dtype (bfloat16: mixed precision, float32 parameters)")
     parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
                         help="also time configs/drive.py's inference of one whole DRIVE image")
     args = parser.parse_args(argv)
@@ -131,11 +133,19 @@ def timed(function, *args):
     return result, time.perf_counter() - start
 
 
+def _with_conv(config, conv: str):
+    """A copy of `config` with convolutions `conv` (the original stays as it is)."""
+    config = config.copy_and_resolve_references()
+    config.conv = conv
+    return config
+
+
 def compile_steps(config, mesh, image_shape, batch: dict, conv: str = "xla"):
     """The initial state and AOT-compiled train step and predict (as train.Experiment builds
     them), with their compile seconds and the forward pass's XLA cost analysis. `conv`: the
     convolution implementation (onednn_conv.with_conv)."""
-    xla_model, tx = train.build_model(config), train.make_optimizer(config)
+    xla_model = train.build_model(_with_conv(config, "xla"))
+    tx = train.make_optimizer(config)
     model = onednn_conv.with_conv(xla_model, conv)
     replicated = parallel.replicated(mesh)
     root_key = jax.random.key(config.seed)
@@ -265,6 +275,7 @@ def main(argv: list[str]) -> None:
     config.model.name = args.model
     config.train.batch_size = args.batch
     config.dataset.data_dir = args.data_dir
+    config.dtype = args.dtype
     info = models.info(args.model)
     if info.task != "segmentation":
         raise SystemExit(f"Model {args.model!r} is a {info.task} model; train.train_step trains "
@@ -276,7 +287,7 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_mesh(args.devices)
     parallel.local_batch_size(args.batch, mesh)  # a batch that does not split fails here, clearly
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {args.model}, {image_shape} images, "
-          f"global batch {args.batch} over {mesh.size} device(s), {args.conv} convolutions")
+          f"global batch {args.batch} over {mesh.size} device(s), {args.conv} convolutions, {args.dtype}")
 
     batch = synthetic_batch(args.batch, image_shape)
     global_batch = parallel.to_global_batch(batch, mesh)
@@ -324,6 +335,7 @@ def main(argv: list[str]) -> None:
         "model": args.model, "size": args.size, "batch": args.batch, "channels": channels,
         "devices": mesh.size, "backend": jax.default_backend(), "params": compiled["params"],
         "conv": args.conv,
+        "dtype": args.dtype,
         "train_img_per_s": round(train_img_per_s, 2), "infer_img_per_s": round(infer_img_per_s, 2),
         "forward_gflops_per_image": round(forward_gflops, 4),
         "train_gflops_per_s": round(train_gflops_per_s, 1),

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "benchmark.py"
 KEYS = {"model", "size", "batch", "devices", "train_img_per_s", "infer_img_per_s",
         "forward_gflops_per_image", "train_gflops_per_s", "peak_gflops", "peak_share",
-        "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference"}
+        "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference",
+        "conv", "dtype"}
 POSITIVE = ("train_img_per_s", "infer_img_per_s", "forward_gflops_per_image", "train_gflops_per_s",
             "peak_gflops", "peak_share", "compile_seconds", "peak_memory_mb", "pipeline_train_img_per_s")
 
