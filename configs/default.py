@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.shuffle_buffer = 1024
     config.dataset.cache = True      # keep decoded examples in memory (small datasets)
     config.dataset.label_from_mask = False  # classification: label = the mask has any foreground
+    # Preparing the data: a bad raw file (datasets/validate.py) fails naming it, or with True is
+    # left out and listed in <data_dir>/<name>-<fingerprint>-skip_bad_files/skipped.csv.
+    config.dataset.skip_bad_files = False
 
     config.input = ml_collections.ConfigDict()
     config.input.mean = 0.445        # image -> (image / 255 - mean) / std; train-split statistics
@@ -78,8 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.weight_decay = 0.0  # adamw only
     config.train.loss = "bce_dice"   # bce | dice | bce_dice
     config.train.log_every = 25
-    config.train.eval_every = 100    # also the checkpoint cadence
+    config.train.eval_every = 100    # each evaluation also saves a checkpoint
     config.train.stop_at_step = 0    # >0: end this run there (resumable), e.g. for chained jobs
+    # Clip the gradients to this global L2 norm before the optimizer (optax.clip_by_global_norm);
+    # 0 = off. A NaN/Inf loss or gradient stops training anyway (train.NonFiniteError), keeping
+    # the last good checkpoint.
+    config.train.grad_clip_norm = 0.0
 
     # config.task = "classification" only (retina_jax/tasks/classification.py).
     config.classification = ml_collections.ConfigDict()
@@ -106,8 +113,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.tile_batch = 4       # sliding_window: tiles per image per model call
     config.inference.flip_tta = False     # average over left-right / up-down mirror images
 
+    # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
+    # best checkpoint, with training's preprocessing.
+    config.predict = ml_collections.ConfigDict()
+    config.predict.input_dir = ""         # folder of tif/tiff/gif/png/jpg/jpeg/bmp images (required)
+    config.predict.output_dir = ""        # "" = <workdir>/predict; replaced as a whole, atomically
+    config.predict.fov_dir = ""           # drive/chase_db1: FOV masks <stem>[_mask|_fov].<ext>; "" = estimated
+    config.predict.skip_bad_files = False  # True: leave bad files out, listed in OUT/skipped.csv
+
+    # --mode=gradcam (retina_jax/gradcam.py): writes workdir/gradcam/<split>/.
+    config.gradcam = ml_collections.ConfigDict()
+    config.gradcam.split = "validation"  # a split name
+    config.gradcam.num_images = 16        # the split's first images
+    config.gradcam.layer = "pre_logits"   # a module path, e.g. "encoder2" or "decoder0/conv1"
+    config.gradcam.method = "gradcam"     # gradcam | gradcam_pp
+    config.gradcam.target_class = -1      # class (segmentation: output channel) explained; -1 = predicted
+    config.gradcam.seg_region = "predicted"  # segmentation target region: predicted | ground_truth mask
+    config.gradcam.tensorboard = False    # also log the maps of validation images at each evaluation
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.best_metric = "dice"
+    # Also save a checkpoint every this many steps, between evaluations (0 = at evaluations only):
+    # a run killed without notice loses at most this many steps. Without metrics, such a
+    # checkpoint only serves resuming; SIGTERM saves one at the step it arrives.
+    config.checkpoint.every_steps = 0
 
     config.parallel = ml_collections.ConfigDict()
     config.parallel.num_devices = 0   # mesh size; 0 = every device of every process

@@ -1,14 +1,25 @@
-"""Orbax checkpoints: keep the latest step (for resume) and the best by a validation metric.
+"""Orbax checkpoints: keep the latest step (for resume) and the best by a validation metric;
+SIGTERM (a preemption notice) as a request to stop training with a checkpoint.
 
 Each checkpoint holds the train state and a small JSON record of what produced it (the model
 config), so that a workdir holding another model's checkpoint refuses to resume instead of
 failing deep inside a restore or, worse, loading mismatched weights.
+
+A save is atomic: Orbax writes `<step>.orbax-checkpoint-tmp-<time>/` and renames it to `<step>/`
+when complete (on object stores it writes `commit_success.txt` last instead). A process killed
+mid-save leaves only the temporary folder, which listing, resuming and evaluating ignore.
 """
+import contextlib
+import logging as python_logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 
@@ -16,8 +27,16 @@ class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a different model."""
 
 
-def create_manager(directory: str | Path, *, best_metric: str = "dice",
-                   best_mode: str = "max") -> ocp.CheckpointManager:
+def create_manager(directory: str | Path, *, best_metric: str = "dice", best_mode: str = "max",
+                   remove_partial: bool = False) -> ocp.CheckpointManager:
+    """A manager keeping the latest checkpoint and the best one by `best_metric`.
+
+    Checkpoints saved without metrics (periodic, preemption) count for "latest" only: they are
+    never ranked by `best_step()` and are deleted once a newer checkpoint exists. With
+    `remove_partial`, the temporary folders of saves a crash interrupted are deleted; only the
+    training run's manager may do that (an evaluation beside a running training must not delete
+    its save in progress).
+    """
     best_sign = 1.0 if best_mode == "max" else -1.0
     options = ocp.CheckpointManagerOptions(
         # Preservation policies keep latest AND best; `best_fn` + `max_to_keep` would delete the
@@ -25,21 +44,41 @@ def create_manager(directory: str | Path, *, best_metric: str = "dice",
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=1),
             policies.BestN(get_metric_fn=lambda metrics: best_sign * metrics[best_metric],
-                           reverse=False, n=1),
+                           reverse=False, n=1, keep_checkpoints_without_metrics=False),
         ]),
         best_fn=lambda metrics: metrics[best_metric],  # only so that best_step() answers
         best_mode=best_mode,
         enable_async_checkpointing=False,
+        cleanup_tmp_directories=remove_partial,
     )
     return ocp.CheckpointManager(Path(directory).resolve(), options=options,
                                  item_names=("state", "run"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, run_info: dict,
-         metrics: dict[str, float]) -> None:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               run=ocp.args.JsonSave(run_info)),
-                 metrics=metrics, force=True)
+         metrics: dict[str, float] | None = None) -> None:
+    """Saves `state` at `step`; `metrics` (validation scalars) rank it among the best, and a
+    checkpoint without them (periodic, preemption) serves resuming only."""
+    with contextlib.nullcontext() if metrics is not None else _without_missing_metrics_warning():
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   run=ocp.args.JsonSave(run_info)),
+                     metrics=metrics, force=True)
+
+
+def _not_missing_metrics_warning(record: python_logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_missing_metrics_warning():
+    """Silences Orbax's warning that a checkpoint of a best-tracking manager has no metrics:
+    periodic and preemption checkpoints have none on purpose."""
+    absl_logger = python_logging.getLogger("absl")
+    absl_logger.addFilter(_not_missing_metrics_warning)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(_not_missing_metrics_warning)
 
 
 def architecture(model_record: dict | None) -> dict | None:
@@ -68,3 +107,68 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], saved_info
+
+
+class PreemptionNotice:
+    """SIGTERM, the usual preemption notice, as a request to stop training at a step that every
+    process agrees on. Use it as a context manager around the training loop and ask
+    `reached(step)` after each step.
+
+    One process: a SIGTERM handler, installed for the `with` block only (the previous handler is
+    restored after), records the notice, and `reached` reads that flag: no device sync, no
+    collective. Several processes: JAX's preemption service (on by default with
+    jax.distributed) catches SIGTERM on any process and picks the step every process stops at;
+    `reached` asks it. Where neither can work (several processes with the service switched off,
+    or training outside the main thread), SIGTERM keeps its usual effect and a warning says so.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._multiprocess = False
+        self._previous_handler = None
+
+    def __enter__(self) -> "PreemptionNotice":
+        self._multiprocess = jax.process_count() > 1
+        if self._multiprocess:
+            if not jax.config.jax_enable_preemption_service:
+                logging.warning("jax_enable_preemption_service is off: SIGTERM ends this run "
+                                "without a checkpoint.")
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("Training outside the main thread: SIGTERM ends this run without a "
+                            "checkpoint.")
+            return self
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is None:  # installed outside Python, so it could not be put back
+            logging.warning("SIGTERM has a handler from outside Python; leaving it in place.")
+            return self
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.received = True
+
+    def reached(self, step: int) -> bool:
+        """Whether training should stop after `step` (all processes answer alike)."""
+        if self._multiprocess:
+            return (jax.config.jax_enable_preemption_service
+                    and multihost_utils.reached_preemption_sync_point(step))
+        return self.received
+
+
+def evaluation_step(manager: ocp.CheckpointManager, which: str) -> int:
+    """The step evaluation, prediction and Grad-CAM use: the best-ranked checkpoint (`which` =
+    "best"; the latest when none is ranked yet) or the latest ("latest")."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"config.eval.checkpoint must be 'best' or 'latest', got {which!r}.")
+    step = manager.best_step() if which == "best" else None
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first "
+                                "(--mode=train with the same --workdir).")
+    return step

@@ -5,6 +5,9 @@ Usage:
   python -m retina_jax.main --config=configs/vessels.py:smoke --workdir=/tmp/smoke
   python -m retina_jax.main --config=configs/vessels.py --workdir=runs/vessels \
       --mode=evaluate --config.eval.split=validation
+  python -m retina_jax.main --config=configs/duke_fluid.py --workdir=runs/duke_fluid --mode=gradcam
+  python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=predict \
+      --config.predict.input_dir=IN --config.predict.output_dir=OUT    # a folder of your images
 Any config field can be overridden: --config.model.name=unet --config.train.num_steps=2000.
 Training resumes automatically from the latest checkpoint in --workdir.
 """
@@ -14,13 +17,15 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "evaluate")
+MODES = ("train", "evaluate", "gradcam", "predict")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (optionally FILE:ARG, e.g. :smoke).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and reports go.")
-flags.DEFINE_enum("mode", "train", MODES, "train (resumes automatically) or evaluate.")
+flags.DEFINE_enum("mode", "train", MODES, "train (resumes automatically), evaluate, gradcam "
+                  "(Grad-CAM overlays of config.gradcam.split), or predict (the images of "
+                  "config.predict.input_dir).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,12 +54,16 @@ def main(argv):
     if FLAGS.config.compilation_cache_dir:
         parallel.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
 
-    from retina_jax import train
+    from retina_jax import gradcam, predict, train
 
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "gradcam":
+        gradcam.run(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "predict":
+        predict.run(FLAGS.config, FLAGS.workdir)
     else:
         train.evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -27,8 +27,8 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from retina_jax import (checkpoint, datasets, inference, io_utils, losses, metrics, models, parallel,
-                        viz)
+from retina_jax import (checkpoint, datasets, gradcam, inference, io_utils, losses, metrics, models,
+                        parallel, viz)
 from retina_jax.data import pipeline
 from retina_jax.ops import onednn_conv
 from retina_jax.tasks import classification, segmentation
@@ -53,12 +53,21 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """`config.train.optimizer` on the learning-rate schedule, after clipping the gradients to
+    the global norm `config.train.grad_clip_norm` (0: no clipping, and the bare optimizer)."""
+    train = config.train
     schedule = learning_rate_schedule(config)
-    if config.train.optimizer == "adam":
-        return optax.adam(schedule)
-    if config.train.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=config.train.weight_decay)
-    raise ValueError(f"config.train.optimizer must be 'adam' or 'adamw', got {config.train.optimizer!r}.")
+    if train.optimizer == "adam":
+        optimizer = optax.adam(schedule)
+    elif train.optimizer == "adamw":
+        optimizer = optax.adamw(schedule, weight_decay=train.weight_decay)
+    else:
+        raise ValueError(f"config.train.optimizer must be 'adam' or 'adamw', got {train.optimizer!r}.")
+    if train.grad_clip_norm < 0:
+        raise ValueError(f"config.train.grad_clip_norm must be >= 0 (0 = off), got {train.grad_clip_norm}.")
+    if train.grad_clip_norm == 0:
+        return optimizer
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), optimizer)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -125,7 +134,37 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}  # before any clipping
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step produced a NaN or infinite loss or gradient norm."""
+
+
+def first_non_finite(step_metrics: list[dict], first_step: int) -> tuple[int, dict] | None:
+    """The step number and metrics of the first of consecutive steps' host-side `step_metrics`
+    (`first_step` the number of the first) with a non-finite value; None when all are finite."""
+    for step, values in enumerate(step_metrics, start=first_step):
+        if not all(np.isfinite(value) for value in values.values()):
+            return step, values
+    return None
+
+
+def check_finite(step_metrics: list[dict], first_step: int, last_checkpoint: int | None,
+                 checkpoint_dir: Path) -> None:
+    """Raises NonFiniteError naming the first step of `step_metrics` whose loss or gradient
+    norm is not finite, and the last (good) checkpoint, which stays as it is."""
+    bad = first_non_finite(step_metrics, first_step)
+    if bad is None:
+        return
+    step, values = bad
+    kept = (f"the last good checkpoint is step {last_checkpoint} in {checkpoint_dir}"
+            if last_checkpoint is not None else f"no checkpoint was written to {checkpoint_dir}")
+    raise NonFiniteError(
+        f"Training step {step} produced a non-finite value (loss {float(values['loss'])}, gradient "
+        f"norm {float(values['grad_norm'])}); training stopped before saving anything from it: "
+        f"{kept}. Look at that step's data, lower config.train.learning_rate, or set "
+        "config.train.grad_clip_norm.")
 
 
 def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> jnp.ndarray:
@@ -169,7 +208,8 @@ class Experiment:
         self.config = config
         self.mesh = parallel.make_mesh(config.parallel.num_devices)
         self.builder = datasets.get_builder(config.dataset.name, data_dir=config.dataset.data_dir,
-                                            manual_dir=config.dataset.manual_dir)
+                                            manual_dir=config.dataset.manual_dir,
+                                            skip_bad_files=config.dataset.skip_bad_files)
         if config.task not in TASKS:
             raise ValueError(f"config.task must be one of {TASKS}, got {config.task!r}.")
         self.model = build_model(config)
@@ -357,14 +397,19 @@ def _console_progress(step: int, num_steps: int, loss: float, steps_per_second: 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
-    Writes checkpoints (latest + best by validation `config.checkpoint.best_metric`), TensorBoard
-    events, and at the end `workdir/metrics.json` (final validation metrics, `step`,
-    `train_seconds`). With `config.train.stop_at_step` the run ends early at that step (with a
-    checkpoint), as a job of a fixed length in a chain would; the next run resumes.
+    Writes checkpoints (latest + best by validation `config.checkpoint.best_metric`; also every
+    `config.checkpoint.every_steps` steps), TensorBoard events, and at the end
+    `workdir/metrics.json` (final validation metrics, `step`, `train_seconds`). With
+    `config.train.stop_at_step` the run ends early at that step (with a checkpoint), as a job of
+    a fixed length in a chain would; the next run resumes. So does a run sent SIGTERM (a
+    preemption notice): it finishes its step, saves a checkpoint and returns without the final
+    evaluation. A non-finite loss or gradient raises NonFiniteError before anything computed
+    from it is saved.
     """
     workdir = Path(workdir)
     experiment = Experiment(config)
-    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric)
+    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric,
+                                        remove_partial=True)
     state, run_info = restore_or_initial(experiment, manager, manager.latest_step())
     start_step, num_steps = int(state.step), config.train.num_steps
     stop_step = min(num_steps, config.train.stop_at_step or num_steps)
@@ -382,35 +427,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     schedule = learning_rate_schedule(config)
     train_seconds = run_info["train_seconds"]
     interval_start, interval_losses, step = time.perf_counter(), [], start_step
-    last_metrics = None
-    for step in range(start_step + 1, stop_step + 1):
-        batch = parallel.to_global_batch(next(train_batches), experiment.mesh)
-        state, step_metrics = experiment.train_step(state, batch)
-        interval_losses.append(step_metrics["loss"])
-        is_eval_step = step % config.train.eval_every == 0 or step == stop_step
-        if step % config.train.log_every == 0 or is_eval_step:
-            mean_loss = float(np.mean(jax.device_get(interval_losses)))
-            elapsed = time.perf_counter() - interval_start
-            train_seconds += elapsed
-            writer.write_scalars(step, {"train/loss": mean_loss, "train/learning_rate": float(schedule(step - 1)),
-                                        "train/steps_per_second": len(interval_losses) / elapsed})
-            _console_progress(step, num_steps, mean_loss, len(interval_losses) / elapsed)
-            interval_losses = []
-            interval_start = time.perf_counter()
-        if is_eval_step:
-            evaluation = experiment.evaluate(state, validation)
-            last_metrics = evaluation.metrics
-            writer.write_scalars(step, {f"validation/{k}": v for k, v in last_metrics.items()
-                                        if isinstance(v, (int, float))})
-            overlays = overlay_image(evaluation.gallery, config.eval.threshold)
-            if overlays is not None:
-                writer.write_images(step, {"validation/overlays": overlays[None]})
-            logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
-            checkpoint.save(manager, step, state, {**experiment.run_info, "train_seconds": train_seconds},
-                            {key: value for key, value in last_metrics.items() if isinstance(value, (int, float))})
-            interval_start = time.perf_counter()
+    unchecked = []  # the step metrics (on device) not yet checked to be finite
+    last_metrics, preempted = None, False
+    save_every = config.checkpoint.every_steps
+    with checkpoint.PreemptionNotice() as preemption:
+        for step in range(start_step + 1, stop_step + 1):
+            batch = parallel.to_global_batch(next(train_batches), experiment.mesh)
+            state, step_metrics = experiment.train_step(state, batch)
+            interval_losses.append(step_metrics["loss"])
+            unchecked.append(step_metrics)
+            preempted = preemption.reached(step)
+            is_eval_step = step % config.train.eval_every == 0 or step == stop_step
+            is_save_step = is_eval_step or preempted or (save_every > 0 and step % save_every == 0)
+            if step % config.train.log_every == 0 or is_save_step:
+                check_finite(jax.device_get(unchecked), step - len(unchecked) + 1, manager.latest_step(),
+                             manager.directory)
+                unchecked = []
+            if step % config.train.log_every == 0 or is_eval_step:
+                mean_loss = float(np.mean(jax.device_get(interval_losses)))
+                elapsed = time.perf_counter() - interval_start
+                train_seconds += elapsed
+                writer.write_scalars(step, {"train/loss": mean_loss, "train/learning_rate": float(schedule(step - 1)),
+                                            "train/steps_per_second": len(interval_losses) / elapsed})
+                _console_progress(step, num_steps, mean_loss, len(interval_losses) / elapsed)
+                interval_losses = []
+                interval_start = time.perf_counter()
+            if is_eval_step:
+                evaluation = experiment.evaluate(state, validation)
+                last_metrics = evaluation.metrics
+                writer.write_scalars(step, {f"validation/{k}": v for k, v in last_metrics.items()
+                                            if isinstance(v, (int, float))})
+                overlays = overlay_image(evaluation.gallery, config.eval.threshold)
+                if overlays is not None:
+                    writer.write_images(step, {"validation/overlays": overlays[None]})
+                if config.gradcam.tensorboard:
+                    writer.write_images(step, {"validation/gradcam": gradcam.evaluation_images(
+                        experiment, state, validation)[None]})
+                logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
+                checkpoint.save(manager, step, state, {**experiment.run_info, "train_seconds": train_seconds},
+                                {key: value for key, value in last_metrics.items() if isinstance(value, (int, float))})
+                interval_start = time.perf_counter()
+            elif is_save_step:  # periodic or preemption checkpoint: no metrics, never "best"
+                checkpoint.save(manager, step, state, {
+                    **experiment.run_info, "train_seconds": train_seconds + time.perf_counter() - interval_start})
+            if preempted:
+                break
     manager.wait_until_finished()
     writer.flush()
+    if preempted:
+        logging.warning("Preempted (SIGTERM): saved a checkpoint at step %d of %d; rerun the same "
+                        "command to resume.", step, num_steps)
+        return last_metrics or {}
     if stop_step < num_steps:
         logging.info("Stopped at step %d of %d as configured; rerun the same command to resume.",
                      stop_step, num_steps)
@@ -448,14 +515,10 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
       overlays.png   image | ground truth | prediction | errors of the worst and best cases
       roc.png, pr.png              the split's ROC and precision-recall curves (labelled splits)
       probabilities/<id>.png       probability maps, with config.eval.save_probabilities
+    and workdir/learning_curves.png (write_learning_curves).
     """
     config = experiment.config
-    step = manager.best_step() if config.eval.checkpoint == "best" else manager.latest_step()
-    if step is None:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}; train first "
-                                f"(--mode=train with the same --workdir).")
+    step = checkpoint.evaluation_step(manager, config.eval.checkpoint)
     state, saved_info = restore_or_initial(experiment, manager, step)
     trained_on = saved_info.get("dataset", config.dataset.name)
     out_dir = eval_dir(workdir, config.dataset.name, trained_on, split)
@@ -479,6 +542,7 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     if jax.process_index() == 0:
         io_utils.write_json(out_dir / "metrics.json", results)
         io_utils.write_csv(out_dir / "per_case.csv", evaluation.cases, case_columns(evaluation.cases))
+        write_learning_curves(workdir)
         if overlays is not None:
             io_utils.write_png(out_dir / "overlays.png", overlays)
         if labelled and results["auc_roc"] is not None:
@@ -505,6 +569,7 @@ def evaluate_classifier(experiment: Experiment, manager, state: TrainState, step
       per_case.csv          id, label, predicted, correct, and the class probabilities / output
       confusion.png/.json   the confusion matrix (rows = true class)
       roc.png               two classes: the ROC curve of the positive class
+    and workdir/learning_curves.png (write_learning_curves).
     """
     config = experiment.config
     evaluation = experiment.evaluate(state, experiment.eval_data(split))
@@ -524,6 +589,7 @@ def evaluate_classifier(experiment: Experiment, manager, state: TrainState, step
     if jax.process_index() == 0:
         io_utils.write_json(out_dir / "metrics.json", results)
         io_utils.write_csv(out_dir / "per_case.csv", evaluation.cases, list(evaluation.cases[0]))
+        write_learning_curves(workdir)
         matrix = evaluation.metrics["confusion_matrix"]
         io_utils.write_json(out_dir / "confusion.json", {"class_names": experiment.class_names,
                                                          "rows_true_columns_predicted": matrix})
@@ -535,6 +601,14 @@ def evaluate_classifier(experiment: Experiment, manager, state: TrainState, step
     logging.info("%s metrics (checkpoint step %d): %s", split, step, _format_metrics(results))
     logging.info("Wrote metrics.json, per_case.csv, confusion.png in %s", out_dir)
     return results
+
+
+def write_learning_curves(workdir: Path) -> None:
+    """workdir/learning_curves.png: training loss and validation metrics against the step, from
+    the run's TensorBoard scalars (nothing when the workdir holds no training log)."""
+    curves = viz.learning_curves(io_utils.read_scalar_history(workdir))
+    if curves is not None:
+        io_utils.write_png(workdir / "learning_curves.png", curves)
 
 
 def write_binary_roc(out_dir: Path, counts: dict, positive_name: str) -> None:

@@ -54,7 +54,7 @@ def test_test_split_appears_with_subjects_6_to_10(tmp_path):
 
 
 def test_rgb_region_id_masks_read_as_binary():
-    mask = image_pairs.read_mask(DUKE_DUMMY / "masks" / "img_11.png", (496, 768))
+    mask = image_pairs.read_mask(DUKE_DUMMY / "masks" / "img_11.png", (496, 768), label_map=True)
     image = image_pairs.read_image(DUKE_DUMMY / "images" / "img_11.png", channels=1)
     assert mask.shape == (496, 768, 1) and set(np.unique(mask)) == {0, 1}
     assert image.shape == (496, 768, 1)

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from retina_jax import checkpoint, parallel, train
@@ -74,6 +76,72 @@ def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path):
     assert without_timing(rerun) == without_timing(straight)
 
 
+def nan_batch_at(train_batches, bad_step: int):
+    """`pipeline.train_batches` whose batch for training step `bad_step` is all NaN pixels."""
+    def batches(*args, start_step: int, **kwargs):
+        for step, batch in enumerate(train_batches(*args, start_step=start_step, **kwargs),
+                                     start=start_step + 1):
+            yield {**batch, "image": np.full_like(batch["image"], np.nan)} if step == bad_step else batch
+    return batches
+
+
+def test_nan_batch_stops_training_naming_its_step_and_keeps_the_last_good_checkpoint(
+        smoke_config, tmp_path, monkeypatch):
+    smoke_config.train.num_steps = 8
+    smoke_config.train.eval_every = 3  # checks at steps 3 and 6: step 5 is found at step 6
+    smoke_config.train.log_every = 3
+    monkeypatch.setattr(train.pipeline, "train_batches", nan_batch_at(train.pipeline.train_batches, 5))
+    with pytest.raises(train.NonFiniteError, match=r"step 5 produced a non-finite value \(loss nan, "
+                       r"gradient norm nan\); .* the last good checkpoint is step 3 in "):
+        train.train_and_evaluate(smoke_config, tmp_path)
+    assert checkpoint.create_manager(tmp_path / "checkpoints").all_steps() == [3]
+
+
+@pytest.mark.parametrize("losses, grad_norms, first_bad_step", [
+    ([0.9, 0.8, 0.7], [2.0, 1.5, 1.0], None),
+    ([0.9, np.nan, np.nan], [2.0, np.nan, np.nan], 11),
+    ([0.9, 0.8, 0.7], [2.0, np.inf, np.nan], 11),  # a finite loss, an infinite gradient
+    ([-np.inf, 0.8, 0.7], [2.0, 1.5, 1.0], 10),
+])
+def test_first_non_finite_step(losses, grad_norms, first_bad_step):
+    step_metrics = [{"loss": np.float32(loss), "grad_norm": np.float32(norm)}
+                    for loss, norm in zip(losses, grad_norms)]
+    found = train.first_non_finite(step_metrics, first_step=10)
+    assert (None if found is None else found[0]) == first_bad_step
+    if found is not None:
+        assert found[1] is step_metrics[first_bad_step - 10]
+
+
+def test_gradient_clipping_bounds_what_the_optimizer_sees_and_zero_keeps_it_unchanged(smoke_config):
+    params = {"w": jnp.zeros(4)}
+    huge = {"w": jnp.array([3e4, -4e4, 0.0, 0.0])}  # global norm 5e4
+    small = {"w": jnp.array([0.03, -0.04, 0.0, 0.0])}  # global norm 0.05
+
+    def two_updates(tx, grads):
+        state = tx.init(params)
+        for _ in range(2):  # the first update has learning rate 0 (warm-up)
+            updates, state = tx.update(grads, state, params)
+        return updates, state
+
+    assert smoke_config.train.grad_clip_norm == 0
+    unclipped = train.make_optimizer(smoke_config)
+    bare = optax.adam(train.learning_rate_schedule(smoke_config))
+    for grads in (huge, small):  # 0: exactly the optimizer without clipping, state and all
+        jax.tree.map(np.testing.assert_array_equal, two_updates(unclipped, grads), two_updates(bare, grads))
+
+    smoke_config.train.grad_clip_norm = 1.0
+    clipped = train.make_optimizer(smoke_config)
+    _, state = two_updates(clipped, huge)
+    # Adam's first moment after two steps of gradient g is (1 - 0.9^2) g: here g has norm 1.
+    np.testing.assert_allclose(optax.tree.get(state, "mu")["w"], 0.19 * np.array([0.6, -0.8, 0, 0]),
+                               rtol=1e-5)
+    jax.tree.map(np.testing.assert_array_equal, two_updates(clipped, small)[0], two_updates(bare, small)[0])
+
+    smoke_config.train.grad_clip_norm = -1.0
+    with pytest.raises(ValueError, match="grad_clip_norm must be >= 0"):
+        train.make_optimizer(smoke_config)
+
+
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(smoke_config):
     smoke_config.dtype = "bfloat16"
     experiment = train.Experiment(smoke_config)
@@ -137,6 +205,7 @@ def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke
     if results["checkpoint_step"] == 4:
         assert results["dice"] == pytest.approx(final["dice"])
     assert (tmp_path / "eval" / "validation" / "overlays.png").stat().st_size > 0
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0  # from the run's logged scalars
     per_case = list(csv.DictReader((tmp_path / "eval" / "validation" / "per_case.csv").open()))
     assert len(per_case) == 173 and len({row["id"] for row in per_case}) == 173
     assert np.mean([float(row["dice"]) for row in per_case]) == pytest.approx(results["dice_per_case_mean"])

@@ -4,7 +4,11 @@ An example is a colour fundus photograph `image` (H,W,3) uint8 (a grey file read
 the first observer's vessel `mask` (1 = vessel; zeros and `labelled` False when the split has
 no annotation), the field-of-view mask `fov` (1 = inside: the DRIVE protocol scores only these
 pixels), the second observer's `mask2` with `has_mask2` (zeros and False when there is none),
-and the `id` of the case.
+and the `id` of the case. Vessel and FOV masks must be binary (validate.check_binary_mask) and
+of their image's size.
+
+`--mode=predict` on a user's photographs takes each one's FOV from a mask file when given one
+(`fov_dir`), else `estimate_fov`: the pixels whose brightest channel exceeds FOV_THRESHOLD.
 """
 import dataclasses
 
@@ -12,7 +16,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from retina_jax.datasets import image_pairs
+from retina_jax.datasets import image_pairs, validate
+
+# Brightest channel (0-255) above which a pixel is inside the field of view. Against the real
+# FOV masks of the first 8 images: DRIVE 99.7% of pixels agree (the misses are dark pixels just
+# outside the mask), CHASE_DB1 97.8% (the misses: the mask's darkest rim, inside it).
+FOV_THRESHOLD = 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,17 +52,28 @@ def example(case: Case, image_shape: tuple[int, int, int], dataset: str) -> dict
     """The features of `case`; raises naming the file when an image is not `image_shape`."""
     image = image_pairs.read_image(case.image, channels=3)
     if image.shape != image_shape:
-        raise ValueError(f"{case.image} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} "
-                         f"channel(s); {dataset} images are {image_shape[1]}x{image_shape[0]} "
-                         "(width x height), RGB or grey.")
+        raise validate.BadFileError(
+            case.image, f"{case.image} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} "
+                        f"channel(s); {dataset} images are {image_shape[1]}x{image_shape[0]} "
+                        "(width x height), RGB or grey.")
     size = image_shape[:2]
     empty = np.zeros((*size, 1), np.uint8)
+
+    def mask(path):
+        return image_pairs.read_mask(path, size, image_path=case.image) if path else empty
+
     return {
         "image": image,
-        "mask": image_pairs.read_mask(case.manual, size) if case.manual else empty,
-        "fov": image_pairs.read_mask(case.fov, size),
-        "mask2": image_pairs.read_mask(case.manual2, size) if case.manual2 else empty,
+        "mask": mask(case.manual),
+        "fov": mask(case.fov),
+        "mask2": mask(case.manual2),
         "has_mask2": case.manual2 is not None,
         "labelled": case.manual is not None,
         "id": case.id,
     }
+
+
+def estimate_fov(image: np.ndarray, threshold: int = FOV_THRESHOLD) -> np.ndarray:
+    """(H, W, C) uint8 photograph -> (H, W, 1) uint8 field of view: 1 where the brightest channel
+    exceeds `threshold` (the surround of a fundus photograph is black)."""
+    return (image.max(axis=-1, keepdims=True) > threshold).astype(np.uint8)

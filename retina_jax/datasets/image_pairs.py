@@ -1,21 +1,22 @@
 """Reading image / mask pairs from folders, for every builder whose raw data is image files.
 
 A pair is `images/<stem>.<ext>` and `masks/<stem>.<ext>` with the same stem (extensions may
-differ). Masks are binarised: any value > 0 in any channel is foreground, so 0/1, 0/255 and the
-RGB region-id masks of some datasets all read the same. Every failure names the file and what
-was expected, before anything is written.
+differ). A mask must be binary (0 and one foreground value, e.g. 0/1 or 0/255) unless it is read
+as a label map (`label_map=True`: any value > 0 in any channel is foreground, as for the RGB
+region-id masks of Duke DME). Every failure names the file and what was expected (see
+validate.py for the rules), before anything is written.
 
 Usage:
   pairs = image_pairs.find_pairs(manual_dir / "images", manual_dir / "masks")
   image = image_pairs.read_image(pairs[0].image, channels=1)        # (H, W, 1) uint8
-  mask = image_pairs.read_mask(pairs[0].mask, image.shape[:2])      # (H, W, 1) uint8 in {0, 1}
+  mask = image_pairs.read_mask(pairs[0].mask, image.shape[:2], image_path=pairs[0].image)
 """
 import dataclasses
-import io
 
 import numpy as np
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+
+from retina_jax.datasets import validate
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
@@ -30,7 +31,7 @@ class Pair:
 def image_files(folder: epath.Path) -> dict[str, epath.Path]:
     """stem -> path of every image file in `folder` (not recursive); two files, one stem: error."""
     files = {}
-    for path in sorted(folder.iterdir()):
+    for path in validate.list_folder(folder):
         if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
             continue
         if path.stem in files:
@@ -65,23 +66,10 @@ def find_pairs(images_dir: epath.Path, masks_dir: epath.Path | None) -> list[Pai
     return [Pair(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
-def _decode(path: epath.Path) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(path.read_bytes())) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I", "F"):
-                raise ValueError(f"{path} is a {image.mode} (16-bit or float) image; expected 8-bit "
-                                 "grey or RGB.")
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{path} is not a readable image ({error}).") from error
-
-
 def read_image(path: epath.Path, channels: int) -> np.ndarray:
-    """(H, W, channels) uint8. Grey files read as 1 channel; RGB files with R=G=B may read as 1."""
-    pixels = _decode(epath.Path(path))
+    """(H, W, channels) uint8. Grey files read as 1 channel, or as R=G=B when 3 are asked for;
+    colour files read as 1 channel only when R=G=B."""
+    pixels = validate.decode_image(epath.Path(path))
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.shape[-1] == channels:
@@ -90,15 +78,17 @@ def read_image(path: epath.Path, channels: int) -> np.ndarray:
         return np.repeat(pixels, 3, axis=-1)
     if channels == 1 and (pixels == pixels[..., :1]).all():
         return pixels[..., :1]
-    raise ValueError(f"{path} has {pixels.shape[-1]} colour channel(s) with different values; "
-                     f"expected {channels}.")
+    raise validate.BadFileError(path, f"{path} has {pixels.shape[-1]} colour channel(s) with different "
+                                      f"values; expected {channels}.")
 
 
-def read_mask(path: epath.Path, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W, 1) uint8 in {0, 1}: 1 wherever any channel is > 0. Must be `shape` (H, W)."""
-    pixels = _decode(epath.Path(path))
-    if pixels.shape[:2] != tuple(shape):
-        raise ValueError(f"Mask {path} is {pixels.shape[1]}x{pixels.shape[0]} (width x height) but "
-                         f"its image is {shape[1]}x{shape[0]}.")
+def read_mask(path: epath.Path, shape: tuple[int, int], *, image_path: epath.Path | None = None,
+              label_map: bool = False) -> np.ndarray:
+    """(H, W, 1) uint8 in {0, 1}: 1 wherever any channel is > 0. Must be `shape` (H, W), the
+    size of its image `image_path`, and binary unless `label_map`."""
+    pixels = validate.decode_image(epath.Path(path))
+    validate.check_mask_size(path, pixels.shape, image_path, shape)
+    if not label_map:
+        validate.check_binary_mask(path, pixels)
     foreground = pixels > 0 if pixels.ndim == 2 else (pixels > 0).any(axis=-1)
     return foreground[..., None].astype(np.uint8)

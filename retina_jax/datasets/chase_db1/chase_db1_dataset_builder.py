@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from retina_jax.datasets import PROJECT_ROOT, fundus, image_pairs
+from retina_jax.datasets import PROJECT_ROOT, fundus, image_pairs, validate
 
 DEFAULT_MANUAL_DIR = PROJECT_ROOT.parent / "shared" / "data" / "chase_db1"
 
@@ -103,7 +103,7 @@ def cases_by_split(manual_dir: epath.Path) -> dict[str, list[fundus.Case]]:
     return splits
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(validate.SkipsBadFiles, tfds.core.GeneratorBasedBuilder):
     """CHASE_DB1: full images, both observers' vessel masks and FOV masks, split by child."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -136,5 +136,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, cases in cases_by_split(epath.Path(dl_manager.manual_dir)).items()}
 
     def _generate_examples(self, cases: list[fundus.Case]):
-        for case in cases:
-            yield case.id, {**fundus.example(case, IMAGE_SHAPE, "CHASE_DB1"), "subject": child_of(case)}
+        yield from validate.good_examples(self, cases, lambda case: (
+            case.id, {**fundus.example(case, IMAGE_SHAPE, "CHASE_DB1"), "subject": child_of(case)}))

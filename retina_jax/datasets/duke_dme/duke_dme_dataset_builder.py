@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from retina_jax.datasets import image_pairs
+from retina_jax.datasets import image_pairs, validate
 
 DEFAULT_MANUAL_DIR = Path(__file__).parent / "data"
 
@@ -87,7 +87,24 @@ def pairs_by_split(manual_dir: epath.Path) -> dict[str, list[image_pairs.Pair]]:
     return splits
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+def example(pair: image_pairs.Pair) -> dict:
+    """The features of one B-scan; its mask is a label map (RGB region ids: any value > 0 is fluid)."""
+    image = image_pairs.read_image(pair.image, channels=1)
+    if image.shape != IMAGE_SHAPE:
+        raise validate.BadFileError(pair.image, f"{pair.image} is {image.shape[1]}x{image.shape[0]} with "
+                                                f"{image.shape[2]} channel(s); expected a 768x496 grey B-scan.")
+    number = bscan_number(pair.stem, pair.image)
+    return {
+        "image": image,
+        "mask": image_pairs.read_mask(pair.mask, IMAGE_SHAPE[:2], image_path=pair.image, label_map=True),
+        "labelled": True,
+        "id": pair.stem,
+        "subject": subject_of(number),
+        "bscan_index": VOLUME_INDEX[number % BSCANS_PER_SUBJECT],
+    }
+
+
+class Builder(validate.SkipsBadFiles, tfds.core.GeneratorBasedBuilder):
     """Duke DME fluid segmentation, split by subject."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -125,17 +142,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, pairs in pairs_by_split(epath.Path(dl_manager.manual_dir)).items()}
 
     def _generate_examples(self, pairs: list[image_pairs.Pair]):
-        for pair in pairs:
-            image = image_pairs.read_image(pair.image, channels=1)
-            if image.shape != IMAGE_SHAPE:
-                raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} with "
-                                 f"{image.shape[2]} channel(s); expected a 768x496 grey B-scan.")
-            number = bscan_number(pair.stem, pair.image)
-            yield pair.stem, {
-                "image": image,
-                "mask": image_pairs.read_mask(pair.mask, IMAGE_SHAPE[:2]),
-                "labelled": True,
-                "id": pair.stem,
-                "subject": subject_of(number),
-                "bscan_index": VOLUME_INDEX[number % BSCANS_PER_SUBJECT],
-            }
+        yield from validate.good_examples(self, pairs, lambda pair: (pair.stem, example(pair)))
+

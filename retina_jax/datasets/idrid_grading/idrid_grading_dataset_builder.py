@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from retina_jax.data import fundus_grading
-from retina_jax.datasets import PROJECT_ROOT, image_pairs
+from retina_jax.datasets import PROJECT_ROOT, image_pairs, validate
 
 DEFAULT_MANUAL_DIR = PROJECT_ROOT.parent / "shared" / "data" / "idrid_grading"
 
@@ -164,17 +164,23 @@ def records_by_split(manual_dir: epath.Path) -> dict[str, list[Record]]:
     return splits
 
 
+def input_image(path: epath.Path) -> np.ndarray:
+    """(512, 512, 3) uint8: the photograph `path` Graham-preprocessed, as this dataset stores its
+    images (and `--mode=predict` feeds them to a model); errors name the file."""
+    photograph = image_pairs.read_image(path, channels=3)
+    try:
+        return fundus_grading.grading_preprocess(photograph, IMAGE_SIZE)
+    except ValueError as error:
+        raise validate.BadFileError(path, f"{path}: {error}") from error
+
+
 def example(record: Record) -> dict:
     """The features of `record`, its photograph Graham-preprocessed; errors name the file."""
-    photograph = image_pairs.read_image(record.image, channels=3)
-    try:
-        image = fundus_grading.grading_preprocess(photograph, IMAGE_SIZE)
-    except ValueError as error:
-        raise ValueError(f"{record.image}: {error}") from error
-    return {"image": image, "label": record.grade, "dme_risk": record.dme_risk, "id": record.id}
+    return {"image": input_image(record.image), "label": record.grade, "dme_risk": record.dme_risk,
+            "id": record.id}
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(validate.SkipsBadFiles, tfds.core.GeneratorBasedBuilder):
     """IDRiD disease grading: Graham-preprocessed photographs, DR grade and DME risk."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -215,5 +221,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, records in records_by_split(epath.Path(dl_manager.manual_dir)).items()}
 
     def _generate_examples(self, records: list[Record]):
-        for record in records:
-            yield record.id, example(record)
+        yield from validate.good_examples(self, records, lambda record: (record.id, example(record)))

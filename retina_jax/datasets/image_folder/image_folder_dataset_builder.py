@@ -10,10 +10,13 @@ Two layouts under the manual dir (`--config.dataset.manual_dir=PATH`):
                                                        name hashes into 1 of 5 buckets (~20%),
                                                        train = the rest (stable as files are added)
 
-Pairs match by file name (extensions may differ: png, jpg, tif, bmp, gif); any mask value > 0 is
-foreground. Every image must have the size and channel count of the first one (grey = 1 channel,
-colour = 3): the dataset's shape is read from that file, so `get_builder` builds this dataset
-through `make_builder`, which names the prepared data after the shape (e.g. `496x768x1`).
+Pairs match by file name (extensions may differ: png, jpg, tif, bmp, gif); a mask must be binary
+(0 = background and one foreground value, e.g. 0/1 or 0/255; a JPEG-saved mask is not) and of
+its image's size. Every image must have the size and channel count of the first one (grey = 1
+channel, colour = 3): the dataset's shape is read from that file, so `get_builder` builds this
+dataset through `make_builder`, which names the prepared data after the shape (e.g.
+`496x768x1`). A bad file (datasets/validate.py) fails the preparation naming it, or with
+`skip_bad_files` is left out and listed in the report `get_builder` writes.
 
 Usage:
   builder = datasets.get_builder("image_folder", manual_dir="/data/my_oct")
@@ -26,9 +29,8 @@ import hashlib
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image, UnidentifiedImageError
 
-from retina_jax.datasets import image_pairs
+from retina_jax.datasets import image_pairs, validate
 
 DEFAULT_MANUAL_DIR = ""  # no default: the user's folder must be named
 SPLITS = ("train", "validation", "test")
@@ -65,31 +67,48 @@ def pairs_by_split(manual_dir: epath.Path) -> dict[str, list[image_pairs.Pair]]:
     return {split: split_pairs for split, split_pairs in splits.items() if split_pairs}
 
 
-def first_image(manual_dir: epath.Path) -> epath.Path:
+def first_image_shape(manual_dir: epath.Path, skip_bad_files: bool) -> tuple[int, int, int]:
+    """(H, W, C) of the folder's first image (its first readable one, with `skip_bad_files`)."""
     for split_pairs in pairs_by_split(manual_dir).values():
-        return split_pairs[0].image
-    raise ValueError(f"{manual_dir} holds no image / mask pairs.")
+        for pair in split_pairs:
+            try:
+                pixels = validate.decode_image(pair.image)
+            except validate.BadFileError:
+                if skip_bad_files:
+                    continue
+                raise
+            return (*pixels.shape[:2], 1 if pixels.ndim == 2 else 3)
+    raise ValueError(f"{manual_dir} holds no readable image.")
 
 
-def shape_config(manual_dir) -> ImageFolderConfig:
+def shape_config(manual_dir, skip_bad_files: bool = False) -> ImageFolderConfig:
     """The builder config for the size and channel count of the folder's first image."""
-    path = first_image(epath.Path(manual_dir))
-    try:
-        with Image.open(path) as image:
-            width, height, mode = image.width, image.height, image.mode
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not a readable image ({error}).") from error
-    channels = 1 if mode in ("L", "1") else 3
+    height, width, channels = first_image_shape(epath.Path(manual_dir), skip_bad_files)
     return ImageFolderConfig(name=f"{height}x{width}x{channels}", height=height, width=width,
                              channels=channels,
                              description=f"{height}x{width} images with {channels} channel(s).")
 
 
-def make_builder(manual_dir, data_dir: str) -> "Builder":
-    return Builder(config=shape_config(manual_dir), data_dir=data_dir)
+def make_builder(manual_dir, data_dir: str, skip_bad_files: bool = False) -> "Builder":
+    return Builder(config=shape_config(manual_dir, skip_bad_files), data_dir=data_dir,
+                   skip_bad_files=skip_bad_files)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+def example(pair: image_pairs.Pair, shape: tuple[int, int, int]) -> dict:
+    """The features of `pair`, whose image must be `shape` (the dataset's, from its first image)."""
+    image = image_pairs.read_image(pair.image, channels=shape[2])
+    if image.shape != shape:
+        raise validate.BadFileError(
+            pair.image, f"{pair.image} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} "
+                        f"channel(s); this dataset's images are {shape[1]}x{shape[0]} with "
+                        f"{shape[2]} (taken from its first image). Resize the images to one size.")
+    labelled = pair.mask is not None
+    mask = (image_pairs.read_mask(pair.mask, shape[:2], image_path=pair.image) if labelled
+            else np.zeros((*shape[:2], 1), np.uint8))
+    return {"image": image, "mask": mask, "labelled": labelled, "id": pair.stem}
+
+
+class Builder(validate.SkipsBadFiles, tfds.core.GeneratorBasedBuilder):
     """Image / mask pairs from a folder; the shape comes from the builder config."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -98,7 +117,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put image/mask pairs (same file name) under <dir>/images/ and <dir>/masks/, or under "
         "<dir>/<split>/images/ and <dir>/<split>/masks/ for split in train, validation, test "
-        "(masks optional for test). All images must share one size and channel count.")
+        "(masks optional for test). All images must share one size and channel count; masks "
+        "are binary (0 = background, one foreground value such as 1 or 255).")
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -122,14 +142,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, pairs: list[image_pairs.Pair]):
         config = self.builder_config
         shape = (config.height, config.width, config.channels)
-        for pair in pairs:
-            image = image_pairs.read_image(pair.image, channels=config.channels)
-            if image.shape != shape:
-                raise ValueError(
-                    f"{pair.image} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} "
-                    f"channel(s); this dataset's images are {shape[1]}x{shape[0]} with "
-                    f"{shape[2]} (taken from its first image). Resize the images to one size.")
-            labelled = pair.mask is not None
-            mask = (image_pairs.read_mask(pair.mask, shape[:2]) if labelled
-                    else np.zeros((*shape[:2], 1), np.uint8))
-            yield pair.stem, {"image": image, "mask": mask, "labelled": labelled, "id": pair.stem}
+        yield from validate.good_examples(self, pairs, lambda pair: (pair.stem, example(pair, shape)))

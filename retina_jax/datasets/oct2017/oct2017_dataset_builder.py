@@ -25,13 +25,14 @@ Usage:
 """
 import dataclasses
 import hashlib
-import io
 import re
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from retina_jax.datasets import validate
 
 DEFAULT_MANUAL_DIR = ""  # the data set is not shipped: --config.dataset.manual_dir is required
 
@@ -110,17 +111,15 @@ def scans_by_split(manual_dir: epath.Path) -> dict[str, list[Scan]]:
     return splits
 
 
-def read_scan(path: epath.Path) -> np.ndarray:
-    """(224, 224, 1) uint8: the B-scan in grey, resized bilinearly without keeping its aspect."""
-    try:
-        with Image.open(io.BytesIO(path.read_bytes())) as image:
-            grey = image.convert("L").resize(IMAGE_SHAPE[1::-1], Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{path} is not a readable image ({error}).") from error
-    return np.asarray(grey)[..., None]
+def input_image(path: epath.Path) -> np.ndarray:
+    """(224, 224, 1) uint8: the B-scan `path` in grey (PIL's luminance), resized bilinearly
+    without keeping its aspect, as this dataset stores its images (and `--mode=predict` feeds
+    them to a model)."""
+    grey = Image.fromarray(validate.decode_image(path)).convert("L")
+    return np.asarray(grey.resize(IMAGE_SHAPE[1::-1], Image.Resampling.BILINEAR))[..., None]
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(validate.SkipsBadFiles, tfds.core.GeneratorBasedBuilder):
     """OCT2017 (Kermany 2018): grey B-scans at 224x224 in four classes, split by patient."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -155,6 +154,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, scans in scans_by_split(epath.Path(dl_manager.manual_dir)).items()}
 
     def _generate_examples(self, scans: list[Scan]):
-        for scan in scans:
-            yield scan.id, {"image": read_scan(scan.image), "label": scan.label,
-                            "patient": scan.patient, "id": scan.id}
+        yield from validate.good_examples(self, scans, lambda scan: (scan.id, {
+            "image": input_image(scan.image), "label": scan.label, "patient": scan.patient,
+            "id": scan.id}))

@@ -56,7 +56,7 @@ def test_ids_name_the_split_class_and_file():
 
 def test_scans_of_any_size_and_colour_become_224_square_grey():
     for name in ("train/DME/DME-1047871-1.jpeg", "train/CNV/CNV-1016042-2.jpeg"):  # RGB 192x62, 96x62
-        scan = oct2017.read_scan(epath.Path(DUMMY / name))
+        scan = oct2017.input_image(epath.Path(DUMMY / name))
         assert scan.shape == (224, 224, 1) and scan.dtype == np.uint8 and scan.max() > 150
 
 
@@ -91,7 +91,7 @@ def test_an_unreadable_image_is_named(tmp_path):
     path = manual_dir / "test" / "DME" / "DME-1083159-1.jpeg"
     path.write_bytes(b"truncated")
     with pytest.raises(ValueError, match=r"test/DME/DME-1083159-1.jpeg is not a readable image"):
-        oct2017.read_scan(path)
+        oct2017.input_image(path)
 
 
 def test_an_empty_or_missing_split_folder_raises(tmp_path):
