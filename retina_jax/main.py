@@ -1,4 +1,4 @@
-"""Entry point: parses flags, then trains or evaluates.
+"""Entry point: parses flags, then trains, evaluates, explains (Grad-CAM) or predicts.
 
 Usage:
   python -m retina_jax.main --config=configs/vessels.py --workdir=runs/vessels

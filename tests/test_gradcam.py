@@ -371,3 +371,19 @@ def test_main_gradcam_mode(smoke_config, tfds_dir, tmp_path):
     summary = read_summary(tmp_path / "gradcam" / "validation", 5)
     assert (summary["method"], summary["layer"]) == ("gradcam_pp", "decoder1")
     assert "mean_energy_inside" in summary["pointing_game"]
+
+
+def test_training_logs_gradcam_sheets_to_tensorboard_when_asked(smoke_config, tmp_path):
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    smoke_config.gradcam.tensorboard = True
+    smoke_config.gradcam.num_images = 2
+    train.train_and_evaluate(smoke_config, tmp_path)
+    logged = {}
+    for event_file in tmp_path.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                logged.setdefault(value.tag, set()).add(event.step)
+    assert logged["validation/gradcam"] == {2, 4}  # every evaluation of the 4-step smoke run
