@@ -134,7 +134,10 @@ def markdown_table(summaries: list[GroupSummary], metrics: Sequence[str]) -> str
         cells = [overrides.get(key, "") for key in keys]
         for metric in metrics:
             std = summary.std(metric)
-            cells.append(f"{summary.mean(metric):.4f}" + ("" if std is None else f" ± {std:.4f}"))
+            mean = summary.mean(metric)
+            digits = 1 if abs(mean) >= 10 else 4  # seconds and such; metrics in [0, 1]
+            cells.append(f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}"))
         cells.append(str(len(summary.values[metrics[0]])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+

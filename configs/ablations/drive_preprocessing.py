@@ -4,7 +4,7 @@
   green, no CLAHE/gamma   standardisation only
   luminance + CLAHE + gamma
 
-Each is trained with the same recipe (width-8 U-Net, 64x64 patches inside the FOV) for 1500
+Each is trained with the same recipe (width-8 U-Net, 64x64 patches inside the FOV) for 1000
 steps, evaluated every 500 on the 4 validation images with flip TTA; metrics inside the FOV.
 
   python scripts/ablate.py --sweep=configs/ablations/drive_preprocessing.py --root=runs/ablations/drive_preprocessing
@@ -12,8 +12,8 @@ steps, evaluated every 500 on the 4 validation images with flip TTA; metrics ins
 from retina_jax import sweep
 
 CONFIG = "configs/drive.py"
-BASE_OVERRIDES = {"train.num_steps": 1500, "train.eval_every": 500}
-METRICS = ("auc_roc", "best_f1", "auc_pr")
+BASE_OVERRIDES = {"model.features": 8, "train.num_steps": 1000, "train.eval_every": 500}
+METRICS = ("auc_roc", "best_f1", "auc_pr", "train_seconds")
 
 
 def get_sweep() -> list[sweep.Point]:

@@ -10,7 +10,7 @@ from retina_jax import sweep
 
 CONFIG = "configs/edema.py"
 BASE_OVERRIDES = {"train.num_steps": 300, "train.eval_every": 100}
-METRICS = ("dice", "iou", "auc_pr")
+METRICS = ("dice", "iou", "auc_pr", "train_seconds")
 
 
 def get_sweep() -> list[sweep.Point]:

@@ -11,7 +11,7 @@ from retina_jax import sweep
 
 CONFIG = "configs/vessels.py"
 BASE_OVERRIDES = {"train.num_steps": 200, "train.eval_every": 100}
-METRICS = ("dice", "iou", "auc_roc")
+METRICS = ("dice", "iou", "auc_roc", "train_seconds")
 
 
 def get_sweep() -> list[sweep.Point]:
