@@ -62,9 +62,13 @@ def _merge(points: Sequence[Point]) -> Point:
 
 def point_name(point: Point) -> str:
     """A workdir name that says what the point sets, e.g. `model.name=unet,seed=0`."""
-    parts = [f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={format_value(value)}"
-             for key, value in point.items()]
+    parts = [f"{key}={display_value(value)}" for key, value in point.items()]
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts)) or "base"
+
+
+def display_value(value) -> str:
+    """A value as names and tables show it (floats to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else format_value(value)
 
 
 def format_value(value) -> str:
@@ -88,7 +92,7 @@ def is_finished(workdir: Path) -> bool:
 
 def group_key(point: Point) -> tuple:
     """What identifies a point's group: every override but the seed."""
-    return tuple((key, format_value(value)) for key, value in point.items() if key != SEED_KEY)
+    return tuple((key, display_value(value)) for key, value in point.items() if key != SEED_KEY)
 
 
 @dataclasses.dataclass
