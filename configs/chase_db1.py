@@ -1,6 +1,6 @@
 """Fundus vessel segmentation on CHASE_DB1 (children 1-8 train, 9-10 validation, 11-14 test).
 
-The DRIVE recipe (configs/drive.py: FOV patches, green/CLAHE/gamma, per-image standardisation,
+The DRIVE recipe (configs/drive.py: FOV patches, luminance/CLAHE/gamma, per-image standardisation,
 sliding-window + flip TTA inference, metrics inside the FOV, threshold chosen on validation) on
 CHASE_DB1's 999x960 images, whose vessels are wider: 96x96 patches.
 

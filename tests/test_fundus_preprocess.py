@@ -121,9 +121,9 @@ def test_fundus_steps_in_order_match_their_composition():
     example = fundus_example()
     config = ml_collections.ConfigDict({**drive.get_config().input, "clahe_grid": 4})
     got = preprocess.preprocess_example(example, config)["image"].numpy()
-    green = preprocess.fundus_channel(example["image"], "green")
+    grey = preprocess.fundus_channel(example["image"], config.channel)
     expected = preprocess.standardize(preprocess.adjust_gamma(
-        preprocess.clahe(green, clip_limit=2.0, grid=4), 1 / 1.2), example["fov"])
+        preprocess.clahe(grey, clip_limit=2.0, grid=4), 1 / 1.2), example["fov"])
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
 
 
