@@ -49,7 +49,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from retina_jax import checkpoint, io_utils, train, viz
+from retina_jax import io_utils, train, viz
 from retina_jax.data import pipeline
 from retina_jax.models.layers import Identity
 from retina_jax.tasks import classification
@@ -262,16 +262,6 @@ def box_region(boxes, size: tuple[int, int]) -> jax.Array:
 
 SEGMENTATION_REGIONS = ("predicted", "ground_truth")
 MIN_PANEL_WIDTH = 320  # small images are enlarged until image | overlay is this wide (captions fit)
-
-
-def checkpoint_state(experiment, workdir: Path):
-    """(state, step) of the checkpoint --mode=evaluate uses: the best (config.eval.checkpoint
-    'best'; the latest if none is ranked) or the latest."""
-    config = experiment.config
-    manager = checkpoint.create_manager(Path(workdir) / "checkpoints", best_metric=config.checkpoint.best_metric)
-    step = checkpoint.evaluation_step(manager, config.eval.checkpoint)
-    state, _ = train.restore_or_initial(experiment, manager, step)
-    return state, step
 
 
 def first_of_split(builder, split: str, num_images: int) -> str:
@@ -491,7 +481,7 @@ def run(config, workdir: str) -> dict:
     check_settings(config)
     workdir = Path(workdir)
     experiment = train.Experiment(config)
-    state, step = checkpoint_state(experiment, workdir)
+    state, step = train.restore_evaluation_checkpoint(experiment, workdir)
     settings = config.gradcam
     split = first_of_split(experiment.builder, settings.split, settings.num_images)
     examples = first_examples(experiment.eval_data(split)[0], settings.num_images)

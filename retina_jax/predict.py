@@ -65,7 +65,7 @@ import tensorflow as tf
 from absl import logging
 from etils import epath
 
-from retina_jax import checkpoint, datasets, inference, io_utils, parallel, train, viz
+from retina_jax import datasets, inference, io_utils, parallel, train, viz
 from retina_jax.data import preprocess
 from retina_jax.datasets import fundus, image_pairs, validate
 from retina_jax.tasks import classification
@@ -139,19 +139,9 @@ def model_input(example: dict, config: ml_collections.ConfigDict, path) -> np.nd
     return processed["image"].numpy()[None]
 
 
-def validation_choice(workdir: Path, validation_split: str, step: int, key: str):
-    """The value of `key` (a threshold chosen on the validation split) in
-    workdir/eval/<validation_split>/metrics.json when it was written for checkpoint `step`."""
-    path = workdir / "eval" / validation_split / "metrics.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved.get("checkpoint_step") != step:
-        return None
-    return saved.get(key)
-
-
 def segmentation_threshold(config: ml_collections.ConfigDict, workdir: Path, step: int) -> tuple[float, str]:
     """(threshold, where it came from) of the masks."""
-    chosen = validation_choice(workdir, config.dataset.validation_split, step, "validation_threshold")
+    chosen = train.saved_validation_choice(workdir, config.dataset.validation_split, step, "validation_threshold")
     if chosen is not None:
         return float(chosen), f"validation_threshold of eval/{config.dataset.validation_split}/metrics.json"
     return float(config.eval.threshold), "config.eval.threshold"
@@ -160,7 +150,7 @@ def segmentation_threshold(config: ml_collections.ConfigDict, workdir: Path, ste
 def regression_thresholds(config: ml_collections.ConfigDict, workdir: Path, step: int,
                           num_classes: int) -> tuple[np.ndarray, str]:
     """(grade thresholds, where they came from) of a regression head."""
-    chosen = validation_choice(workdir, config.dataset.validation_split, step, "validation_thresholds")
+    chosen = train.saved_validation_choice(workdir, config.dataset.validation_split, step, "validation_thresholds")
     if chosen is not None:
         return np.asarray(chosen, np.float64), f"validation_thresholds of eval/{config.dataset.validation_split}/metrics.json"
     return classification.default_thresholds(num_classes), "k - 0.5"
@@ -298,9 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     read = input_reader(config, builder)
     good, skipped = check_inputs(files, read, config)
     experiment = train.Experiment(config)
-    manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric)
-    step = checkpoint.evaluation_step(manager, config.eval.checkpoint)
-    state, _ = train.restore_or_initial(experiment, manager, step)
+    state, step = train.restore_evaluation_checkpoint(experiment, workdir)
     report = {"mode": "predict", "workdir": str(workdir.resolve()), "input_dir": str(settings.input_dir),
               "checkpoint_step": step, "task": config.task, "dataset": config.dataset.name,
               "fov": ("none" if "fov" not in builder.info.features

@@ -387,6 +387,16 @@ def restore_or_initial(experiment: Experiment, manager, step: int | None) -> tup
     return checkpoint.restore(manager, step, experiment.initial_state, experiment.run_info)
 
 
+def restore_evaluation_checkpoint(experiment: Experiment, workdir: str | Path) -> tuple[TrainState, int]:
+    """(state, step) of the workdir checkpoint that evaluation uses (config.eval.checkpoint:
+    the best, or the latest; see checkpoint.evaluation_step), for predict and Grad-CAM."""
+    config = experiment.config
+    manager = checkpoint.create_manager(Path(workdir) / "checkpoints", best_metric=config.checkpoint.best_metric)
+    step = checkpoint.evaluation_step(manager, config.eval.checkpoint)
+    state, _ = restore_or_initial(experiment, manager, step)
+    return state, step
+
+
 def _console_progress(step: int, num_steps: int, loss: float, steps_per_second: float) -> None:
     eta_seconds = (num_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
     logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, num_steps, loss,
@@ -636,8 +646,7 @@ def validation_threshold(experiment: Experiment, manager, workdir: Path, step: i
     path = workdir / "eval" / config.dataset.validation_split / "metrics.json"
 
     def saved_threshold():
-        saved = json.loads(path.read_text()) if path.exists() else {}
-        return saved.get(key) if saved.get("checkpoint_step") == step else None
+        return saved_validation_choice(workdir, config.dataset.validation_split, step, key)
 
     if saved_threshold() is None:
         if config.dataset.name != trained_on:
@@ -652,6 +661,15 @@ def validation_threshold(experiment: Experiment, manager, workdir: Path, step: i
         raise ValueError(f"{path} has no {key}: the validation split has no positive example "
                          "to choose a threshold on.")
     return threshold
+
+
+def saved_validation_choice(workdir: Path, validation_split: str, step: int, key: str):
+    """The value of `key` (e.g. a threshold chosen on the validation split) in
+    workdir/eval/<validation_split>/metrics.json when it was written for checkpoint `step`;
+    None otherwise."""
+    path = Path(workdir) / "eval" / validation_split / "metrics.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    return saved.get(key) if saved.get("checkpoint_step") == step else None
 
 
 def write_curves(out_dir: Path, counts: dict, results: dict) -> None:
