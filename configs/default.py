@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.shift = 0.0       # translation up to this fraction of the crop size
     config.augment.speckle = 0.0     # multiplicative noise: intensity * (1 + N(0, speckle))
     config.augment.rotation = 0.0    # crops turned by up to this many degrees (either way)
+    config.augment.elastic = 0.0     # smooth random displacements, std in crop pixels (0 = off)
+    config.augment.elastic_spacing = 16  # pixels between the displacement field's control points
     config.augment.patches_per_image = 1  # crops of each image per epoch (patch training)
 
     # Fields left unset (None) take the model's own default, so `--config.model.name=X` works

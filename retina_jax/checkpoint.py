@@ -93,7 +93,9 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
 
     Returns the state and the saved run info. Raises CheckpointMismatchError when the saved
     model config differs from `run_info["model"]` in anything but the compute dtype (parameters
-    are float32 in every precision, so a run may resume or be evaluated in another).
+    are float32 in every precision, so a run may resume or be evaluated in another), or when the
+    optimizer state was built by another optimizer chain (`run_info["optimizer"]`; checkpoints
+    written before it was recorded are not checked).
     """
     saved_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
     if architecture(saved_info.get("model")) != architecture(run_info["model"]):
@@ -101,6 +103,13 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
             f"{manager.directory} holds a checkpoint (step {step}) of model {saved_info.get('model')}, "
             f"but this run's model is {run_info['model']}. Use another --workdir, or the config "
             "that wrote the checkpoint.")
+    saved_optimizer = saved_info.get("optimizer")
+    if saved_optimizer is not None and saved_optimizer != run_info.get("optimizer"):
+        raise CheckpointMismatchError(
+            f"{manager.directory} holds a checkpoint (step {step}) whose optimizer state was made by "
+            f"{saved_optimizer}, but this run's optimizer is {run_info.get('optimizer')}: the states do "
+            "not fit one another. Set config.train.optimizer / config.train.grad_clip_norm as they "
+            "were, or use another --workdir.")
     abstract_state = jax.tree.map(
         lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding),
         target_state)

@@ -70,6 +70,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), optimizer)
 
 
+def optimizer_record(config: ml_collections.ConfigDict) -> dict:
+    """What fixes the optimizer state's structure (not its hyperparameters' values), JSON-ready:
+    a checkpoint resumes only under the same record."""
+    return {"optimizer": config.train.optimizer, "grad_clip": config.train.grad_clip_norm > 0}
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -230,7 +236,7 @@ class Experiment:
                          np.round(self.class_weights, 4).tolist())
         # `dataset` tells a later evaluation on another dataset (cross-dataset) where to report.
         self.run_info = {"model": model_record(config.model.name, self.model),
-                         "dataset": config.dataset.name}
+                         "optimizer": optimizer_record(config), "dataset": config.dataset.name}
         replicated = parallel.replicated(self.mesh)
         image_shape = pipeline.model_input_shape(self.builder, config)
         root_key = jax.random.key(config.seed)

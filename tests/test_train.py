@@ -193,6 +193,17 @@ def test_workdir_of_another_model_refuses_to_resume(smoke_config, tmp_path):
         train.train_and_evaluate(smoke_config, tmp_path)
 
 
+def test_workdir_of_another_optimizer_chain_refuses_to_resume(smoke_config, tmp_path):
+    smoke_config.train.stop_at_step = 2
+    train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.train.grad_clip_norm = 1.0  # adds a clipping state in front of Adam's
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="'grad_clip': False.*grad_clip_norm"):
+        train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.train.grad_clip_norm = 0.0
+    smoke_config.train.stop_at_step = 0
+    assert train.train_and_evaluate(smoke_config, tmp_path)["num_examples"] == 173
+
+
 def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         train.evaluate(smoke_config, tmp_path)

@@ -75,6 +75,46 @@ def test_turned_crops_keep_masks_on_the_image():
         assert np.all(image[mask > 0] >= 5.0 / 4)
 
 
+def test_mirrored_sampler_equals_the_projective_transform_op():
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(0, 10, size=(50, 40, 2)), tf.float32)
+    mask = tf.constant(rng.integers(0, 2, size=(50, 40, 1)), tf.float32)
+    centre, angle = tf.constant([25.3, 19.6]), tf.constant(0.3)
+    no_displacement = tf.zeros((20, 24, 2))
+    for tensor, nearest in ((image, False), (mask, True)):
+        op = augment.rotated_crop(tensor, centre, angle, spacing=1.1, out_size=(20, 24), nearest=nearest)
+        ours = augment.rotated_crop(tensor, centre, angle, spacing=1.1, out_size=(20, 24), nearest=nearest,
+                                    displacement=no_displacement)
+        np.testing.assert_allclose(ours.numpy(), op.numpy(), atol=1e-4)
+    # Beyond the edges: (d c b a | a b c d | d c b a), whole pixels.
+    rows = tf.constant([[-1.0, -3.0, 0.0, 50.0, 51.0, 152.0]])
+    cols = tf.zeros_like(rows)
+    column = image.numpy()[:, 0, 0]
+    read = augment.sample_mirrored(image[..., :1], rows, cols, nearest=False).numpy()[0, :, 0]
+    np.testing.assert_allclose(read, column[[0, 2, 0, 49, 48, 47]], atol=1e-5)
+
+
+def test_elastic_crops_bend_smoothly_and_keep_masks_on_the_image():
+    rows, cols = np.mgrid[0:120, 0:120].astype(np.float32)
+    example = {"image": tf.constant(np.stack([rows, cols], -1)),  # each pixel holds its position
+               "mask": tf.constant(np.round(rows)[..., None]), "fov": tf.ones((120, 120, 1)),
+               "labelled": tf.constant(1.0)}
+    straight = crop(example, 3, out_size=(32, 32))
+    bent = crop(example, 3, out_size=(32, 32), elastic=2.0, elastic_spacing=8)
+    assert bent["image"].shape == (32, 32, 2)
+    moved = bent["image"].numpy() - straight["image"].numpy()  # same centre: the displacements
+    assert 0.8 < np.std(moved) < 4.0
+    # Smooth: neighbours move alike (independent per-pixel noise would give sqrt(2) x the std).
+    assert np.std(np.diff(moved, axis=0)) < 0.4 * np.std(moved)
+    assert np.std(np.diff(moved, axis=1)) < 0.4 * np.std(moved)
+    # The mask (here = row index) is read at the nearest pixel of the image's sample point.
+    np.testing.assert_array_equal(bent["mask"].numpy()[..., 0], np.round(bent["image"].numpy()[..., 0]))
+    again = crop(example, 3, out_size=(32, 32), elastic=2.0, elastic_spacing=8)
+    np.testing.assert_array_equal(again["image"].numpy(), bent["image"].numpy())
+    with pytest.raises(ValueError, match="elastic_spacing must be >= 1"):
+        crop(example, 3, out_size=(32, 32), elastic=2.0, elastic_spacing=0)
+
+
 def test_drive_augmentation_is_identical_eagerly_and_inside_dataset_map():
     config = drive.get_config()
     config.augment.crop_size = (16, 16)

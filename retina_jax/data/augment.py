@@ -103,15 +103,16 @@ def crop_center(mask: tf.Tensor, seed: tf.Tensor, *, box_size: tf.Tensor,
 
 def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int] | None,
                      scale: float, shift: float, positive_fraction: float, fill_value: float,
-                     rotation: float = 0.0) -> dict:
+                     rotation: float = 0.0, elastic: float = 0.0, elastic_spacing: int = 16) -> dict:
     """Resamples a box of `out_size * zoom` (zoom log-uniform in [1/(1+scale), 1+scale]), turned
-    by an angle uniform in [-rotation, rotation] degrees, to `out_size` (None: the image's own
-    size), on every spatial key.
+    by an angle uniform in [-rotation, rotation] degrees and, when `elastic` > 0, bent by a
+    smooth random displacement field (`elastic_displacement`), to `out_size` (None: the image's
+    own size), on every spatial key.
 
     The box centre comes from `crop_center` (inside the example's `fov` when it has one), then
-    moves by up to `shift` x the box size. Without rotation, what the box reaches outside the
-    image reads as `fill_value` for the image and 0 for the masks; a turned box mirrors the
-    image at its edges instead (its corners leave any tight box). The image is sampled
+    moves by up to `shift` x the box size. Without rotation or bending, what the box reaches
+    outside the image reads as `fill_value` for the image and 0 for the masks; a turned or bent
+    box mirrors the image at its edges instead (its corners leave any tight box). The image is sampled
     bilinearly, the masks by nearest neighbour; with scale = shift = rotation = 0 the crop is a
     slice (exact pixels). The crop must fit in the image unless it is zoomed, shifted or turned.
     """
@@ -130,11 +131,15 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
                          positive_fraction=positive_fraction, region=example.get("fov"))
     center += tf.random.stateless_uniform([2], shift_seed, -shift, shift) * box_size if shift else 0.0
     spatial_keys = [key for key in SPATIAL_KEYS if key in example]
-    if rotation:
-        angle = _uniform(tf.random.experimental.stateless_fold_in(seed, 7), -rotation, rotation)
+    if rotation or elastic:
+        angle = (_uniform(tf.random.experimental.stateless_fold_in(seed, 7), -rotation, rotation)
+                 if rotation else tf.constant(0.0))
+        displacement = (elastic_displacement(tf.random.experimental.stateless_fold_in(seed, 8),
+                                             (out_height, out_width), sigma=elastic,
+                                             spacing=elastic_spacing) if elastic else None)
         return {**example, **{key: rotated_crop(example[key], center, angle * math.pi / 180.0,
                                                 spacing=zoom, out_size=(out_height, out_width),
-                                                nearest=key in MASK_KEYS)
+                                                nearest=key in MASK_KEYS, displacement=displacement)
                               for key in spatial_keys}}
     top_left = tf.floor(center - box_size / 2)
     if not scale and not shift:  # a window of whole pixels: slice it, exactly
@@ -161,24 +166,75 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
                           for key in spatial_keys}}
 
 
+def elastic_displacement(seed: tf.Tensor, out_size: tuple[int, int], *, sigma: float,
+                         spacing: int) -> tf.Tensor:
+    """(out_h, out_w, 2) smooth random (row, col) displacements, in output pixels: N(0, sigma)
+    at control points `spacing` pixels apart, interpolated bicubically in between (the
+    B-spline-grid deformation of nnU-Net / batchgenerators, rather than Simard's smoothed
+    per-pixel noise: the same smoothness for a grid of a few dozen draws)."""
+    if spacing < 1:
+        raise ValueError(f"config.augment.elastic_spacing must be >= 1 pixel, got {spacing}.")
+    out_height, out_width = out_size
+    grid = (math.ceil(out_height / spacing) + 1, math.ceil(out_width / spacing) + 1, 2)
+    control = tf.random.stateless_normal(grid, seed, stddev=sigma)
+    return tf.image.resize(control[None], out_size, method="bicubic")[0]
+
+
 def rotated_crop(tensor: tf.Tensor, center: tf.Tensor, angle: tf.Tensor, *, spacing,
-                 out_size: tuple[int, int], nearest: bool) -> tf.Tensor:
+                 out_size: tuple[int, int], nearest: bool,
+                 displacement: tf.Tensor | None = None) -> tf.Tensor:
     """(out_h, out_w, C) samples of `tensor` (H,W,C) on a grid centred at `center` ((row, col),
-    pixel edges at integers), `spacing` input pixels apart and turned by `angle` radians; the
-    image is mirrored at its edges. Bilinear, or nearest neighbour when `nearest`."""
+    pixel edges at integers), `spacing` input pixels apart and turned by `angle` radians, each
+    output pixel first moved by `displacement` (out_h, out_w, 2) (row, col) output pixels when
+    given; the image is mirrored at its edges. Bilinear, or nearest neighbour when `nearest`."""
     out_height, out_width = out_size
     cos, sin = spacing * tf.cos(angle), spacing * tf.sin(angle)
-    # The op maps output pixel (x, y) (column, row; centres at integers) to the input point
+    # Output pixel (x, y) (column, row; centres at integers) maps to the input point
     # (a0 x + a1 y + a2, b0 x + b1 y + b2): rotate about the output centre, then move to `center`.
     out_x, out_y = (out_width - 1) / 2, (out_height - 1) / 2
     in_y, in_x = center[0] - 0.5, center[1] - 0.5
     transform = tf.stack([cos, sin, in_x - cos * out_x - sin * out_y,
                           -sin, cos, in_y + sin * out_x - cos * out_y, 0.0, 0.0])
+    if displacement is not None:
+        rows, cols = tf.meshgrid(tf.range(out_height, dtype=tf.float32),
+                                 tf.range(out_width, dtype=tf.float32), indexing="ij")
+        rows, cols = rows + displacement[..., 0], cols + displacement[..., 1]
+        source_cols = transform[0] * cols + transform[1] * rows + transform[2]
+        source_rows = transform[3] * cols + transform[4] * rows + transform[5]
+        return sample_mirrored(tensor, source_rows, source_cols, nearest=nearest)
     resampled = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(tensor, tf.float32)[None], transforms=transform[None],
         output_shape=tf.constant([out_height, out_width], tf.int32), fill_value=0.0,
         interpolation="NEAREST" if nearest else "BILINEAR", fill_mode="REFLECT")
     return tf.cast(resampled[0], tensor.dtype)
+
+
+def _mirror_index(index: tf.Tensor, length: int) -> tf.Tensor:
+    """Integer pixel indices folded into [0, length) as (d c b a | a b c d | d c b a)."""
+    folded = tf.math.floormod(index, 2 * length)
+    return tf.where(folded >= length, 2 * length - 1 - folded, folded)
+
+
+def sample_mirrored(tensor: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, *, nearest: bool) -> tf.Tensor:
+    """`tensor` (H,W,C) read at the real pixel positions (rows, cols) (each (h, w), centres at
+    integers), mirrored at the edges like ImageProjectiveTransformV3's REFLECT: nearest neighbour,
+    or bilinear between the four surrounding pixels."""
+    height, width = tensor.shape[0], tensor.shape[1]
+    values = tf.cast(tensor, tf.float32)
+
+    def read(row_index, col_index):
+        indices = tf.stack([_mirror_index(row_index, height), _mirror_index(col_index, width)], -1)
+        return tf.gather_nd(values, indices)
+
+    if nearest:
+        return tf.cast(read(tf.cast(tf.round(rows), tf.int32), tf.cast(tf.round(cols), tf.int32)),
+                       tensor.dtype)
+    top, left = tf.floor(rows), tf.floor(cols)
+    row_weight, col_weight = (rows - top)[..., None], (cols - left)[..., None]
+    top, left = tf.cast(top, tf.int32), tf.cast(left, tf.int32)
+    upper = read(top, left) * (1 - col_weight) + read(top, left + 1) * col_weight
+    lower = read(top + 1, left) * (1 - col_weight) + read(top + 1, left + 1) * col_weight
+    return tf.cast(upper * (1 - row_weight) + lower * row_weight, tensor.dtype)
 
 
 def speckle(example: dict, seed: tf.Tensor, *, sigma: float, black_level: float) -> dict:
@@ -197,12 +253,13 @@ def augment_example(example: dict, seed: tf.Tensor, config, *, black_level: floa
     `black_level` is what a black pixel is after normalisation: the value of regions a shifted or
     zoomed-out crop brings in from outside the image, and the zero of the speckle noise.
     """
-    if config.crop_size or config.scale or config.shift or config.rotation:
+    if config.crop_size or config.scale or config.shift or config.rotation or config.elastic:
         example = crop_scale_shift(
             example, tf.random.experimental.stateless_fold_in(seed, 1),
             out_size=tuple(config.crop_size) if config.crop_size else None, scale=config.scale,
             shift=config.shift, positive_fraction=config.positive_crop_fraction,
-            fill_value=black_level, rotation=config.rotation)
+            fill_value=black_level, rotation=config.rotation, elastic=config.elastic,
+            elastic_spacing=config.elastic_spacing)
     geometry_seed, intensity_seed = tf.unstack(_split_seeds(seed, 2))
     example = flip_and_rotate(example, geometry_seed, hflip=config.hflip, vflip=config.vflip,
                               rot90=config.rot90)
