@@ -4,17 +4,17 @@
   green, no CLAHE/gamma   standardisation only
   luminance + CLAHE + gamma
 
-Each is trained with the same recipe (width-8 U-Net, 64x64 patches inside the FOV, as the
-config had then) for 1000 steps, evaluated every 500 on the 4 validation images with flip TTA;
-metrics inside the FOV.
+Each is trained with the same recipe (width-8 U-Net, 64x64 patches inside the FOV, batch 32,
+as the config had then) for 1000 steps, evaluated every 500 on the 4 validation images with
+flip TTA; metrics inside the FOV.
 
   python scripts/ablate.py --sweep=configs/ablations/drive_preprocessing.py --root=runs/ablations/drive_preprocessing
 """
 from retina_jax import sweep
 
 CONFIG = "configs/drive.py"
-BASE_OVERRIDES = {"model.features": 8, "augment.crop_size": (64, 64), "train.num_steps": 1000,
-                  "train.eval_every": 500}
+BASE_OVERRIDES = {"model.features": 8, "augment.crop_size": (64, 64), "train.batch_size": 32,
+                  "train.num_steps": 1000, "train.eval_every": 500}
 METRICS = ("auc_roc", "best_f1", "auc_pr", "train_seconds")
 
 

@@ -1,5 +1,5 @@
-"""The DRIVE recipe (configs/drive.py, 64x64 patches) one change at a time: loss, patch size,
-dropout, elastic deformation.
+"""The DRIVE recipe (configs/drive.py, 64x64 patches, batch 32) one change at a time: loss,
+patch size, dropout, elastic deformation.
 
   base           luminance, BCE + soft Dice, 64x64 patches, width 8, dropout 0.05
   loss=bce       BCE alone (ranks pixels for AUC-ROC; Dice pushes F1 at 0.5)
@@ -17,7 +17,7 @@ validation images with flip TTA; metrics inside the FOV.
 from retina_jax import sweep
 
 CONFIG = "configs/drive.py"
-BASE_OVERRIDES = {"train.num_steps": 1500, "train.eval_every": 500}
+BASE_OVERRIDES = {"train.batch_size": 32, "train.num_steps": 1500, "train.eval_every": 500}
 METRICS = ("auc_roc", "best_f1", "auc_pr", "train_seconds")
 
 
