@@ -15,13 +15,27 @@ Usage:
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=evaluate \
       --config.dataset.name=chase_db1 --config.eval.split=train+validation  # cross-dataset
   python -m retina_jax.main --config=configs/drive.py:smoke --workdir=/tmp/drive_smoke
+
+`configs/drive.py:all_images` is the model for the official test set: the same recipe and step
+count on all 20 training images (train+validation), as the published DRIVE results train. Its
+validation images are then training images: its validation metrics are a fit, it evaluates
+the latest checkpoint (there is no held-out score to rank checkpoints by), and the threshold it
+applies to test is the F1-best one on those 4 training images (with the default config, the
+threshold chosen that way, 0.321, gives held-out validation F1 0.8132 vs 0.8134 at the
+validation-chosen 0.293). Options combine with commas: `configs/drive.py:all_images,smoke`.
 """
 import ml_collections
 
 from configs import default
 
 
+OPTIONS = ("all_images", "smoke")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = set(arg.split(",")) if arg else set()
+    if options - set(OPTIONS):
+        raise ValueError(f"Unknown config argument {arg!r}: comma-separated options of {OPTIONS}.")
     config = default.get_config()
     config.dataset.name = "drive"
     config.dataset.shuffle_buffer = 2048
@@ -80,12 +94,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.checkpoint.best_metric = "auc_roc"
 
-    if arg == "smoke":
+    if "all_images" in options:
+        config.dataset.train_split = "train+validation"
+        config.eval.checkpoint = "latest"
+    if "smoke" in options:
         default.apply_smoke(config)
         config.augment.crop_size = (32, 32)
         config.augment.patches_per_image = 2
         config.eval.batch_size = 2
         config.inference.tile_size = 128
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; the only one is 'smoke'.")
     return config

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from configs import drive
-from retina_jax import train
+from retina_jax import datasets, train
+from retina_jax.data import pipeline
 from retina_jax.datasets.chase_db1 import chase_db1_dataset_builder
 from retina_jax.datasets.drive import drive_dataset_builder
 
@@ -38,14 +39,26 @@ def test_validation_threshold_is_read_for_the_same_checkpoint_only(tmp_path):
         train.validation_threshold(experiment, None, tmp_path, 41, "drive")
 
 
-@pytest.fixture
-def drive_smoke(tmp_path):
-    config = drive.get_config("smoke")
+def drive_dummy_config(tmp_path, arg):
+    config = drive.get_config(arg)
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.dataset.manual_dir = str(DRIVE_DUMMY)
     config.train.batch_size = 4
     config.eval.batch_size = 1
     return config
+
+
+@pytest.fixture
+def drive_smoke(tmp_path):
+    return drive_dummy_config(tmp_path, "smoke")
+
+
+def test_drive_config_options_combine_and_unknown_ones_are_named():
+    config = drive.get_config("all_images,smoke")
+    assert config.dataset.train_split == "train+validation" and config.eval.checkpoint == "latest"
+    assert config.train.num_steps == 4 and drive.get_config("all_images").train.num_steps == 6000
+    with pytest.raises(ValueError, match="'smoke,test'.*'all_images', 'smoke'"):
+        drive.get_config("smoke,test")
 
 
 @pytest.mark.slow
@@ -84,3 +97,28 @@ def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
     assert cross["num_examples"] == 1 and cross["validation_threshold"] == validation["best_threshold"]
     assert (workdir / "eval" / "chase_db1" / "test" / "probabilities" / "Image_11L.png").exists()
     assert json.loads((workdir / "eval" / "test" / "metrics.json").read_text())["num_examples"] == 2
+
+
+@pytest.mark.slow
+def test_drive_all_images_trains_on_validation_too_and_tests_the_latest_checkpoint(tmp_path):
+    config = drive_dummy_config(tmp_path, "all_images,smoke")
+    builder = datasets.get_builder(config.dataset.name, data_dir=config.dataset.data_dir,
+                                   manual_dir=config.dataset.manual_dir)
+    one_patch_each = config.copy_and_resolve_references()
+    one_patch_each.augment.patches_per_image = 1
+    # A batch of 3 needs an epoch of 3 images: the 2 dummy train images and validation's.
+    batch = next(pipeline.train_batches(builder, one_patch_each, local_batch_size=3, start_step=0,
+                                        process_index=0, process_count=1))
+    assert batch["image"].shape[0] == 3
+    one_patch_each.dataset.train_split = "train"
+    with pytest.raises(ValueError, match="gives 2 examples per epoch"):
+        pipeline.train_batches(builder, one_patch_each, local_batch_size=3, start_step=0,
+                               process_index=0, process_count=1)
+
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, workdir)
+    validation = json.loads((workdir / "eval" / "validation" / "metrics.json").read_text())
+    config.eval.split = "test"
+    test = train.evaluate(config, workdir)
+    assert test["checkpoint_step"] == validation["checkpoint_step"] == 4
+    assert test["validation_threshold"] == validation["best_threshold"]
