@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dropout = placeholder(float)   # unet: 0.05
     config.model.batch_norm = placeholder(bool)
     config.model.upsample = placeholder(str)    # unet: "transpose" or "resize"
+    config.model.side_heads = placeholder(bool)  # unet: logits of every decoder level, for deep supervision
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32     # global, over all devices and processes
@@ -82,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.end_lr_factor = 0.0
     config.train.weight_decay = 0.0  # adamw only
     config.train.loss = "bce_dice"   # bce | dice | bce_dice
+    # Mean loss over every head the model sows as side logits (unet: model.side_heads=True).
+    config.train.deep_supervision = False
     config.train.log_every = 25
     config.train.eval_every = 100    # each evaluation also saves a checkpoint
     config.train.stop_at_step = 0    # >0: end this run there (resumable), e.g. for chained jobs

@@ -81,10 +81,15 @@ def _without_missing_metrics_warning():
         absl_logger.removeFilter(_not_missing_metrics_warning)
 
 
-def architecture(model_record: dict | None) -> dict | None:
-    """A model record without its compute dtype: what must match for parameters to fit."""
-    return None if model_record is None else {key: value for key, value in model_record.items()
-                                              if key != "dtype"}
+def architecture(model_record: dict | None, defaults: dict | None = None) -> dict | None:
+    """A model record without its compute dtype, and without the fields at their `defaults`
+    (the model class's): what must match for parameters to fit. Leaving the defaults out lets
+    a checkpoint recorded before a model gained a field match a run that leaves it unset."""
+    if model_record is None:
+        return None
+    defaults = defaults or {}
+    return {key: value for key, value in model_record.items()
+            if key != "dtype" and not (key in defaults and defaults[key] == value)}
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
@@ -92,13 +97,15 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
     """Restores `step` into arrays shaped and sharded like `target_state`.
 
     Returns the state and the saved run info. Raises CheckpointMismatchError when the saved
-    model config differs from `run_info["model"]` in anything but the compute dtype (parameters
+    model config differs from `run_info["model"]` in anything but the compute dtype and fields
+    at their defaults (`run_info["model_defaults"]`; see `architecture`) (parameters
     are float32 in every precision, so a run may resume or be evaluated in another), or when the
     optimizer state was built by another optimizer chain (`run_info["optimizer"]`; checkpoints
     written before it was recorded are not checked).
     """
     saved_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
-    if architecture(saved_info.get("model")) != architecture(run_info["model"]):
+    defaults = run_info.get("model_defaults")
+    if architecture(saved_info.get("model"), defaults) != architecture(run_info["model"], defaults):
         raise CheckpointMismatchError(
             f"{manager.directory} holds a checkpoint (step {step}) of model {saved_info.get('model')}, "
             f"but this run's model is {run_info['model']}. Use another --workdir, or the config "

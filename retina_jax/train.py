@@ -102,6 +102,13 @@ def model_record(name: str, model) -> dict:
     return json.loads(json.dumps({"name": name, **fields}, default=_json_name))
 
 
+def model_defaults(model) -> dict:
+    """The model class's field defaults, JSON-ready as in `model_record`."""
+    defaults = {field.name: field.default for field in dataclasses.fields(model)
+                if field.name not in ("parent", "name") and field.default is not dataclasses.MISSING}
+    return json.loads(json.dumps(defaults, default=_json_name))
+
+
 def _json_name(value) -> str:
     try:
         return np.dtype(value).name
@@ -123,24 +130,42 @@ def segmentation_loss(name: str) -> Callable:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               batch_loss: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
+               batch_loss: Callable, dropout_key: jax.Array,
+               deep_supervision: bool = False) -> tuple[TrainState, dict]:
     """One optimizer step on a (globally sharded) batch; pure, so jit can donate `state`.
 
     `batch_loss(outputs, batch)` is the task's loss (`segmentation_loss`, `classification.loss`).
+    With `deep_supervision` the loss is its mean over every head the model sows as
+    ("intermediates", "side_logits") (e.g. unet with side_heads=True), not over the output only.
     """
     step_key = jax.random.fold_in(dropout_key, state.step)
 
     def compute_loss(params):
+        mutable = ["batch_stats", "intermediates"] if deep_supervision else ["batch_stats"]
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       batch["image"], train=True, rngs={"dropout": step_key},
-                                      mutable=["batch_stats"])
-        return batch_loss(logits, batch), updates.get("batch_stats", {})
+                                      mutable=mutable)
+        if deep_supervision:
+            loss = jnp.mean(jnp.stack([batch_loss(side, batch) for side in side_logits(updates, model)]))
+        else:
+            loss = batch_loss(logits, batch)
+        return loss, updates.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}  # before any clipping
+
+
+def side_logits(variables: dict, model) -> tuple:
+    """The heads' logits a model sowed as ("intermediates", "side_logits"), in sowing order."""
+    sides = variables.get("intermediates", {}).get("side_logits")
+    if not sides:
+        raise ValueError(f"config.train.deep_supervision needs a model that sows side logits "
+                         f"(unet with side_heads=True, unet_plus_plus with deep_supervision='average' "
+                         f"or 'last', resnet34_unet); {type(model).__name__} sowed none.")
+    return sides
 
 
 class NonFiniteError(FloatingPointError):
@@ -236,6 +261,7 @@ class Experiment:
                          np.round(self.class_weights, 4).tolist())
         # `dataset` tells a later evaluation on another dataset (cross-dataset) where to report.
         self.run_info = {"model": model_record(config.model.name, self.model),
+                         "model_defaults": model_defaults(self.model),
                          "optimizer": optimizer_record(config), "dataset": config.dataset.name}
         replicated = parallel.replicated(self.mesh)
         image_shape = pipeline.model_input_shape(self.builder, config)
@@ -246,7 +272,8 @@ class Experiment:
             out_shardings=replicated)(init_key)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx,
-                              batch_loss=self.batch_loss(), dropout_key=dropout_key),
+                              batch_loss=self.batch_loss(), dropout_key=dropout_key,
+                              deep_supervision=config.train.deep_supervision),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
         if config.task == "classification":
             self.eval_step = jax.jit(

@@ -64,3 +64,22 @@ def test_unet_rejects_unknown_upsampling():
     model = models.get_model("unet", upsample="pixelshuffle")
     with pytest.raises(ValueError, match="upsample"):
         model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+
+
+def test_unet_side_heads_sow_every_level_at_input_size_and_leave_the_output_unchanged():
+    images = jax.random.normal(jax.random.key(1), (2, 20, 28, 1))
+    plain = models.get_model("unet", features=8, depth=4, dropout=0.0)
+    with_sides = models.get_model("unet", features=8, depth=4, dropout=0.0, side_heads=True)
+    variables = with_sides.init(jax.random.key(0), images, train=False)
+    assert count(variables["params"]) - count(plain.init(jax.random.key(0), images, train=False)["params"]) \
+        == (64 + 1) + (32 + 1) + (16 + 1)
+    logits, state = with_sides.apply(variables, images, train=False, mutable=["intermediates"])
+    sides = state["intermediates"]["side_logits"]
+    assert len(sides) == 4 and all(side.shape == (2, 20, 28, 1) for side in sides)
+    np.testing.assert_array_equal(sides[-1], logits)
+    assert not any(np.allclose(side, logits, atol=1e-3) for side in sides[:-1])
+    without_side_heads = {key: value for key, value in variables["params"].items()
+                          if not key.startswith("side_head")}
+    np.testing.assert_array_equal(
+        plain.apply({"params": without_side_heads, "batch_stats": variables["batch_stats"]}, images,
+                    train=False), logits)

@@ -1,4 +1,5 @@
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -140,6 +141,44 @@ def test_gradient_clipping_bounds_what_the_optimizer_sees_and_zero_keeps_it_unch
     smoke_config.train.grad_clip_norm = -1.0
     with pytest.raises(ValueError, match="grad_clip_norm must be >= 0"):
         train.make_optimizer(smoke_config)
+
+
+def test_deep_supervision_loss_is_the_mean_over_the_sown_heads(smoke_config):
+    smoke_config.model.side_heads = True
+    smoke_config.model.dropout = 0.0
+    model = train.build_model(smoke_config)
+    tx = train.make_optimizer(smoke_config)
+    state = train.create_train_state(model, tx, jax.random.key(0), (16, 16, 1))
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    batch = {"image": images, "mask": (images > 0.5).astype(jnp.float32), "labelled": jnp.ones(2)}
+    batch_loss = train.segmentation_loss("bce_dice")
+    _, sown = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                          train=True, mutable=["batch_stats", "intermediates"])
+    per_head = [float(batch_loss(side, batch)) for side in sown["intermediates"]["side_logits"]]
+    assert len(per_head) == 4 and max(per_head) - min(per_head) > 1e-3
+    step = functools.partial(train.train_step, model=model, tx=tx, batch_loss=batch_loss,
+                             dropout_key=jax.random.key(2))
+    _, supervised = step(state, batch, deep_supervision=True)
+    np.testing.assert_allclose(supervised["loss"], np.mean(per_head), rtol=1e-5)
+    _, output_only = step(state, batch)
+    np.testing.assert_allclose(output_only["loss"], per_head[-1], rtol=1e-5)
+
+    smoke_config.model.side_heads = False
+    model = train.build_model(smoke_config)
+    with pytest.raises(ValueError, match="deep_supervision needs a model that sows side logits.*UNet sowed none"):
+        train.train_step(state, batch, model=model, tx=tx, batch_loss=batch_loss,
+                         dropout_key=jax.random.key(2), deep_supervision=True)
+
+
+def test_a_checkpoint_recorded_before_a_model_field_existed_matches_that_field_at_its_default():
+    defaults = {"features": 16, "side_heads": False, "dtype": "float32"}
+    saved = {"name": "unet", "features": 8, "dtype": "float32"}  # written before side_heads existed
+    assert checkpoint.architecture(saved, defaults) == checkpoint.architecture(
+        {**saved, "side_heads": False, "dtype": "bfloat16"}, defaults) == {"name": "unet", "features": 8}
+    assert checkpoint.architecture(saved, defaults) != checkpoint.architecture(
+        {**saved, "side_heads": True}, defaults)
+    assert checkpoint.architecture(saved, defaults) != checkpoint.architecture(
+        {**saved, "features": 16}, defaults)
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(smoke_config):

@@ -4,6 +4,13 @@ Defaults (16 base features, depth 4, 1 input and 1 output channel) give exactly 
 trainable parameters and 2,944 batch-norm statistics, as the seed Keras model: two 3x3
 conv+BN+ReLU per block, features x2 per level, 2x2 max-pool, dropout after each pool and
 each skip concatenation, 3x3 stride-2 transposed conv up-sampling, 1x1 head (logits).
+
+`side_heads=True` adds a 1x1 head on every coarser decoder level ("side_head{level}", level
+depth-1 .. 1), its logits bilinearly up-sampled to the input size, for deep supervision
+(config.train.deep_supervision): all heads' logits are sown as ("intermediates", "side_logits"),
+coarsest first, the last being the returned logits. The returned logits do not depend on the
+side heads, which add features * 2^level + 1 parameters per class and level (115 at width 8,
+depth 4, 1 class).
 """
 from typing import Any, Literal
 
@@ -23,6 +30,7 @@ class UNet(nn.Module):
     batch_norm: bool = True
     dropout: float = 0.05
     upsample: Literal["transpose", "resize"] = "transpose"
+    side_heads: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -30,6 +38,7 @@ class UNet(nn.Module):
         if self.upsample not in ("transpose", "resize"):
             raise ValueError(f"UNet.upsample must be 'transpose' or 'resize', got {self.upsample!r}.")
         x, input_size = pad_to_multiple(images, 2 ** self.depth)
+        padded_size = x.shape[1:3]
         x = x.astype(self.dtype)
         dropout = nn.Dropout(self.dropout, deterministic=not train)
         skips = []
@@ -46,9 +55,16 @@ class UNet(nn.Module):
             x = dropout(jnp.concatenate([x, skips[level]], axis=-1))
             x = ConvBlock(features, batch_norm=self.batch_norm, dtype=self.dtype,
                           name=f"decoder{level}")(x, train=train)
+            if self.side_heads and level > 0:
+                side = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name=f"side_head{level}")(x)
+                side = jax.image.resize(side, (side.shape[0], *padded_size, side.shape[-1]), "bilinear")
+                self.sow("intermediates", "side_logits", crop_to(side, input_size).astype(jnp.float32))
         x = Identity(name="pre_logits")(x)
-        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x)
-        return crop_to(logits, input_size).astype(jnp.float32)
+        logits = crop_to(nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x),
+                         input_size).astype(jnp.float32)
+        if self.side_heads:
+            self.sow("intermediates", "side_logits", logits)
+        return logits
 
     def _upsample(self, x, features: int, name: str):
         if self.upsample == "transpose":
