@@ -16,13 +16,14 @@ Usage:
       --config.dataset.name=chase_db1 --config.eval.split=train+validation  # cross-dataset
   python -m retina_jax.main --config=configs/drive.py:smoke --workdir=/tmp/drive_smoke
 
-`configs/drive.py:all_images` is the model for the official test set: the same recipe and step
-count on all 20 training images (train+validation), as the published DRIVE results train. Its
-validation images are then training images: its validation metrics are a fit, it evaluates
-the latest checkpoint (there is no held-out score to rank checkpoints by), and the threshold it
-applies to test is the F1-best one on those 4 training images (with the default config, the
-threshold chosen that way, 0.321, gives held-out validation F1 0.8132 vs 0.8134 at the
-validation-chosen 0.293). Options combine with commas: `configs/drive.py:all_images,smoke`.
+`configs/drive.py:all_images` trains the same recipe and step count on all 20 training images
+(train+validation), as published DRIVE test results train. Its validation images are then
+training images: its validation metrics are a fit, it evaluates the latest checkpoint (there is
+no held-out score to rank checkpoints by), and the threshold it applies to test is the
+F1-best one on those 4 training images (for the default config, the threshold chosen that way,
+0.321, gives held-out validation F1 0.8132 vs 0.8134 at the validation-chosen 0.293). Whether
+it beats the default on held-out images is unmeasured (README, DRIVE). Options combine with
+commas: `configs/drive.py:all_images,smoke`.
 """
 import ml_collections
 
