@@ -15,7 +15,8 @@ Departures, chosen so the vessel ablation against our seed U-Net compares like w
 `deep_supervision` picks the output:
   "none":    one 1x1 head on X^{0,depth}; nothing is sown.
   "average": 1x1 heads on every X^{0,j}, j = 1..depth; returns their mean.
-  "last":    the same heads (train them through the sown side outputs); returns the X^{0,depth} one.
+  "last":    the same heads (trained through the sown side outputs: config.train.deep_supervision);
+             returns the X^{0,depth} one.
 With side heads, every head's logits are sown, in order j = 1..depth, as
 ("intermediates", "side_logits"), cropped to the input size and float32. The head on X^{0,depth} is
 always "head"; the others are "side_head{j}". The Grad-CAM hook "pre_logits" is X^{0,depth}.
