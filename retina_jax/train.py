@@ -97,16 +97,22 @@ def model_record(name: str, model) -> dict:
     Checkpoints store it so that a workdir refuses to resume a different architecture, while an
     unset config field and its explicit default value count as the same model.
     """
-    fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
-              if field.name not in ("parent", "name")}
-    return json.loads(json.dumps({"name": name, **fields}, default=_json_name))
+    return _json_ready({"name": name, **{field.name: getattr(model, field.name)
+                                         for field in _constructor_fields(model)}})
 
 
 def model_defaults(model) -> dict:
     """The model class's field defaults, JSON-ready as in `model_record`."""
-    defaults = {field.name: field.default for field in dataclasses.fields(model)
-                if field.name not in ("parent", "name") and field.default is not dataclasses.MISSING}
-    return json.loads(json.dumps(defaults, default=_json_name))
+    return _json_ready({field.name: field.default for field in _constructor_fields(model)
+                        if field.default is not dataclasses.MISSING})
+
+
+def _constructor_fields(model) -> list[dataclasses.Field]:
+    return [field for field in dataclasses.fields(model) if field.name not in ("parent", "name")]
+
+
+def _json_ready(values: dict) -> dict:
+    return json.loads(json.dumps(values, default=_json_name))
 
 
 def _json_name(value) -> str:
