@@ -34,6 +34,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Preparing the data: a bad raw file (datasets/validate.py) fails naming it, or with True is
     # left out and listed in <data_dir>/<name>-<fingerprint>-skip_bad_files/skipped.csv.
     config.dataset.skip_bad_files = False
+    # K-fold cross-validation (num_folds > 0): train_split and validation_split then read the
+    # pool's folds instead (retina_jax/data/pipeline.py: select). The pool's distinct `group_by`
+    # values, sorted, go round-robin into folds: examples that share a value (a subject's
+    # B-scans) stay in one fold. One run trains one fold; configs/ablations/*_cv.py sweeps them.
+    config.dataset.cross_validation = ml_collections.ConfigDict()
+    config.dataset.cross_validation.num_folds = 0
+    config.dataset.cross_validation.fold = 0
+    config.dataset.cross_validation.pool = "train+validation"
+    config.dataset.cross_validation.group_by = "id"
 
     config.input = ml_collections.ConfigDict()
     config.input.mean = 0.445        # image -> (image / 255 - mean) / std; train-split statistics

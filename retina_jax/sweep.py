@@ -13,7 +13,9 @@ Each point is a dict {dotted config key: value}; it runs as the ordinary command
 `python -m retina_jax.main --config=CONFIG --workdir=ROOT/<point name> --config.KEY=VALUE ...`
 (BASE_OVERRIDES first, then the point's), so a point resumes like any run and a cluster
 scheduler can run the printed commands.
-Points that differ only in `seed` form a group, reported as mean +- std over seeds.
+Points that differ only in `seed` or in the cross-validation fold (`dataset.cross_validation.fold`)
+form a group, reported as mean +- std over its runs: over seeds, or over folds (a k-fold
+cross-validation estimate, e.g. configs/ablations/drive_cv.py).
 """
 import dataclasses
 import itertools
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 Point = dict[str, Any]
-SEED_KEY = "seed"
+# Keys whose values replicate one setting rather than vary it.
+REPLICATE_KEYS = ("seed", "dataset.cross_validation.fold")
 # What a finished point leaves (train_and_evaluate): the final metrics with the training time,
 # and the best checkpoint's validation metrics.
 FINAL_METRICS = "metrics.json"
@@ -91,13 +94,13 @@ def is_finished(workdir: Path) -> bool:
 
 
 def group_key(point: Point) -> tuple:
-    """What identifies a point's group: every override but the seed."""
-    return tuple((key, display_value(value)) for key, value in point.items() if key != SEED_KEY)
+    """What identifies a point's group: every override but the seed and the fold."""
+    return tuple((key, display_value(value)) for key, value in point.items() if key not in REPLICATE_KEYS)
 
 
 @dataclasses.dataclass
 class GroupSummary:
-    """One group's metric values over its seeds."""
+    """One group's metric values over its runs (seeds, folds)."""
     overrides: tuple
     values: dict[str, list[float]]
 
@@ -105,7 +108,7 @@ class GroupSummary:
         return sum(self.values[metric]) / len(self.values[metric])
 
     def std(self, metric: str) -> float | None:
-        """Sample standard deviation over seeds (None for a single seed)."""
+        """Sample standard deviation over runs (None for a single run)."""
         values = self.values[metric]
         if len(values) < 2:
             return None
@@ -127,11 +130,11 @@ def summarize(rows: list[dict], points: list[Point], metrics: Sequence[str]) -> 
 
 
 def markdown_table(summaries: list[GroupSummary], metrics: Sequence[str]) -> str:
-    """`| overrides... | metric (mean +- std) ... | seeds |`, one line per group."""
+    """`| overrides... | metric (mean +- std) ... | runs |`, one line per group."""
     if not summaries:
         return "(no finished points)\n"
     keys = list(dict.fromkeys(key for summary in summaries for key, _ in summary.overrides))
-    header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
+    header = "| " + " | ".join([*keys, *metrics, "runs"]) + " |"
     lines = [header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
     for summary in summaries:
         overrides = dict(summary.overrides)

@@ -12,8 +12,8 @@ skipped, an interrupted one resumes from its latest checkpoint. Then ROOT gets
 
   results.csv   one row per finished point: its overrides, the best checkpoint's validation
                 metrics, `step` and `train_seconds`
-  results.md    mean +- sample std over seeds of the sweep's METRICS, one line per group
-  results.png   bar chart of the first metric (whiskers: std over seeds)
+  results.md    mean +- sample std over the seeds (or folds) of the sweep's METRICS, one line per group
+  results.png   bar chart of the first metric (whiskers: std over seeds or folds)
 """
 import importlib.util
 import json

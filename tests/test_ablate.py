@@ -52,8 +52,17 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert bce.std("dice") == pytest.approx(math.sqrt(0.005))
     assert dice.values == {"dice": [0.7]} and dice.std("dice") is None
     table = sweep.markdown_table([bce, dice], ["dice"])
-    assert table.splitlines() == ["| loss | dice | seeds |", "|---|---|---|",
+    assert table.splitlines() == ["| loss | dice | runs |", "|---|---|---|",
                                   "| bce | 0.8500 ± 0.0707 | 2 |", "| dice | 0.7000 | 1 |"]
+
+
+def test_folds_and_seeds_replicate_a_setting_rather_than_vary_it():
+    points = sweep.product(sweep.axis("model.name", ["unet"]), sweep.axis("seed", [0, 1]),
+                           sweep.axis("dataset.cross_validation.fold", [0, 1]))
+    rows = [{"auc_roc": value} for value in (0.97, 0.98, 0.96, 0.99)]
+    (summary,) = sweep.summarize(rows, points, ["auc_roc"])
+    assert summary.overrides == (("model.name", "unet"),)
+    assert summary.mean("auc_roc") == pytest.approx(0.975) and len(summary.values["auc_roc"]) == 4
 
 
 SMOKE_SWEEP = '''
@@ -91,7 +100,7 @@ def test_runner_runs_skips_resumes_and_collects(tmp_path):
     assert [row["seed"] for row in rows] == ["0", "1"]
     assert all(0.0 <= float(row["dice"]) <= 1.0 and row["step"] == "2" for row in rows)
     table = (root / "results.md").read_text().splitlines()
-    assert table[0] == "| model.name | dice | auc_roc | seeds |"
+    assert table[0] == "| model.name | dice | auc_roc | runs |"
     assert table[2].startswith("| unet | ") and table[2].endswith(" | 2 |") and "±" in table[2]
     assert (root / "results.png").stat().st_size > 0
 

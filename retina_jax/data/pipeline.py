@@ -4,7 +4,13 @@ Training data is a pure function of (seed, step): the example order of epoch `e`
 shuffle seeded by (seed, e) and the augmentation of the k-th example from the stateless seed
 (seed, k), so a run resumed at step s reads exactly what an uninterrupted run reads from step s
 on, without replaying the steps before it. Each process reads its own disjoint part of the split.
+
+Cross-validation (`config.dataset.cross_validation.num_folds` > 0) redefines the config's train
+and validation splits over one pool of examples (`select`): the groups of the pool (its
+distinct `group_by` values: an image id, a subject) sorted, group i in fold i % num_folds; the
+validation split is fold `fold`, the train split the other folds. Other splits read as named.
 """
+import dataclasses
 from typing import Iterator
 
 import jax
@@ -29,10 +35,79 @@ def process_split(split: str, process_index: int, process_count: int) -> str:
     return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
 
 
-def _read_preprocessed(builder, split: str, config, keep_keys: tuple[str, ...] = ()) -> tf.data.Dataset:
-    """Preprocessed examples of `split` in a fixed order, plus the features named in `keep_keys`."""
-    dataset = builder.as_dataset(split=split, shuffle_files=False,
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The examples a split name reads: TFDS split `source`, of which, when `groups` is set, only
+    those whose feature `group_by` is one of `groups` (cross-validation folds)."""
+    source: str
+    group_by: str | None = None
+    groups: tuple[str, ...] | None = None
+
+
+def select(builder, split: str, config) -> Selection:
+    """What `split` reads under `config` (see the module docstring on cross-validation)."""
+    folds = config.dataset.cross_validation
+    if not folds.num_folds or split not in (config.dataset.train_split, config.dataset.validation_split):
+        check_split(builder, split)
+        return Selection(split)
+    if folds.num_folds < 2 or not 0 <= folds.fold < folds.num_folds:
+        raise ValueError(f"config.dataset.cross_validation: fold {folds.fold} of num_folds "
+                         f"{folds.num_folds}; expected num_folds >= 2 and 0 <= fold < num_folds.")
+    if config.dataset.train_split == config.dataset.validation_split:
+        raise ValueError(f"Cross-validation needs distinct config.dataset.train_split and validation_split "
+                         f"(both {split!r}): they name the training folds and the held-out fold.")
+    check_split(builder, folds.pool)
+    if folds.group_by not in builder.info.features:
+        raise ValueError(f"config.dataset.cross_validation.group_by={folds.group_by!r} is not a feature of "
+                         f"{builder.name}; it has {sorted(builder.info.features)}.")
+    groups = sorted(set(group_values(builder, folds.pool, folds.group_by)))
+    if len(groups) < folds.num_folds:
+        raise ValueError(f"Split {folds.pool!r} of {builder.name} has {len(groups)} distinct "
+                         f"{folds.group_by!r} values, fewer than the {folds.num_folds} folds.")
+    held_out = groups[folds.fold::folds.num_folds]
+    chosen = held_out if split == config.dataset.validation_split else [
+        group for group in groups if group not in held_out]
+    return Selection(folds.pool, folds.group_by, tuple(chosen))
+
+
+def group_values(builder, split: str, feature: str) -> list[str]:
+    """The value of `feature` (a text or integer feature) of every example of `split`, as text;
+    images are not decoded."""
+    skip_images = {name: tfds.decode.SkipDecoding() for name, spec in builder.info.features.items()
+                   if isinstance(spec, tfds.features.Image)}
+    values = builder.as_dataset(split=split, decoders=skip_images).map(lambda example: _as_text(example[feature]))
+    return [value.decode() for value in values.as_numpy_iterator()]
+
+
+def _as_text(value: tf.Tensor) -> tf.Tensor:
+    return value if value.dtype == tf.string else tf.strings.as_string(value)
+
+
+def selection_size(builder, selection: Selection, process_index: int, process_count: int) -> int:
+    """Examples of `selection` that process `process_index` of `process_count` reads."""
+    part = process_split(selection.source, process_index, process_count)
+    if selection.groups is None:
+        return builder.info.splits[part].num_examples
+    return sum(value in selection.groups for value in group_values(builder, part, selection.group_by))
+
+
+def _read_selected(builder, selection: Selection, process_index: int = 0, process_count: int = 1,
+                   decoders: dict | None = None) -> tf.data.Dataset:
+    """This process's part of `selection`, in a fixed order."""
+    dataset = builder.as_dataset(split=process_split(selection.source, process_index, process_count),
+                                 shuffle_files=False, decoders=decoders,
                                  read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1))
+    if selection.groups is None:
+        return dataset
+    groups = tf.constant(selection.groups)
+    return dataset.filter(lambda example: tf.reduce_any(tf.equal(_as_text(example[selection.group_by]), groups)))
+
+
+def _read_preprocessed(builder, selection: Selection, config, keep_keys: tuple[str, ...] = (),
+                       process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """Preprocessed examples of this process's part of `selection` in a fixed order, plus the
+    features named in `keep_keys`."""
+    dataset = _read_selected(builder, selection, process_index, process_count)
     kept = [key for key in keep_keys if key in builder.info.features]
 
     def preprocess(example):
@@ -55,11 +130,11 @@ def mask_to_label(example: dict) -> dict:
 def class_counts(builder, split: str, config, num_classes: int) -> np.ndarray:
     """(num_classes,) examples per class in `split` (labels only: images are not decoded unless
     the labels come from the masks)."""
-    check_split(builder, split)
+    selection = select(builder, split, config)
     if config.dataset.label_from_mask:
-        dataset = builder.as_dataset(split=split).map(lambda example: mask_to_label(example)["label"])
+        dataset = _read_selected(builder, selection).map(lambda example: mask_to_label(example)["label"])
     else:
-        dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        dataset = _read_selected(builder, selection, decoders={"image": tfds.decode.SkipDecoding()})
         dataset = dataset.map(lambda example: example["label"])
     labels = np.fromiter(dataset.as_numpy_iterator(), np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -72,7 +147,7 @@ def model_input_shape(builder, config) -> tuple[int, int, int]:
     """(H, W, C) of one preprocessed training input: the crop size when training on crops, else
     the dataset's image size; C counts the channels after preprocessing (1 for "green")."""
     any_split = next(iter(builder.info.splits))
-    height, width, channels = _read_preprocessed(builder, any_split, config).element_spec["image"].shape
+    height, width, channels = _read_preprocessed(builder, Selection(any_split), config).element_spec["image"].shape
     if config.augment.crop_size:
         height, width = config.augment.crop_size
     if None in (height, width, channels):
@@ -91,11 +166,13 @@ def train_batches(builder, config, *, local_batch_size: int, start_step: int,
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    split = process_split(config.dataset.train_split, process_index, process_count)
+    split = config.dataset.train_split
+    selection = select(builder, split, config)
     repeats = config.augment.patches_per_image
     # Repeats of a cached example share its tensors: memory stays one copy of the split.
-    examples = _read_preprocessed(builder, split, config).repeat(repeats)
-    num_examples = builder.info.splits[split].num_examples * repeats
+    examples = _read_preprocessed(builder, selection, config, process_index=process_index,
+                                  process_count=process_count).repeat(repeats)
+    num_examples = selection_size(builder, selection, process_index, process_count) * repeats
     if num_examples < local_batch_size:
         raise ValueError(f"Split {split!r} of {builder.name} gives {num_examples} examples per "
                          f"epoch for this process, fewer than its batch of {local_batch_size}.")
@@ -136,9 +213,9 @@ def check_split(builder, split: str) -> None:
                          f"{sorted(builder.info.splits)}.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
 
-def num_eval_batches(builder, split: str, local_batch_size: int, process_count: int) -> int:
-    """Batches every process runs for `split`, so that all processes step together."""
-    largest_part = max(builder.info.splits[process_split(split, index, process_count)].num_examples
+def num_eval_batches(builder, selection: Selection, local_batch_size: int, process_count: int) -> int:
+    """Batches every process runs for `selection`, so that all processes step together."""
+    largest_part = max(selection_size(builder, selection, index, process_count)
                        for index in range(process_count))
     return -(-largest_part // local_batch_size)
 
@@ -163,10 +240,10 @@ def eval_dataset(builder, split: str, config, *, local_batch_size: int,
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    check_split(builder, split)
-    num_batches = num_eval_batches(builder, split, local_batch_size, process_count)
-    dataset = _read_preprocessed(builder, process_split(split, process_index, process_count), config,
-                                 keep_keys=CASE_KEYS + SECOND_OBSERVER_KEYS)
+    selection = select(builder, split, config)
+    num_batches = num_eval_batches(builder, selection, local_batch_size, process_count)
+    dataset = _read_preprocessed(builder, selection, config, keep_keys=CASE_KEYS + SECOND_OBSERVER_KEYS,
+                                 process_index=process_index, process_count=process_count)
     return dataset.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
 
 
