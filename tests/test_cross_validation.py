@@ -1,10 +1,17 @@
 """K-fold cross-validation: the config's train and validation splits read folds of one pool."""
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from configs import drive, duke_fluid
+from retina_jax import train
 from retina_jax.data import pipeline
+from retina_jax.datasets.drive import drive_dataset_builder
 
+DRIVE_DUMMY = Path(drive_dataset_builder.__file__).parent / "dummy_data"
 DRIVE_DUMMY_IDS = ["21_training", "22_training", "25_training"]  # train 21, 22; validation 25
 
 
@@ -99,3 +106,19 @@ def test_drive_fold_4_is_the_default_validation_split(drive_builder, tfds_dir):
     config.dataset.cross_validation.fold = 0
     assert pipeline.select(drive_builder, "validation", config).groups == (
         "21_training", "26_training", "31_training", "36_training")
+
+
+@pytest.mark.slow
+def test_a_fold_run_validates_on_its_held_out_image(tmp_path):
+    config = drive.get_config("smoke")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.dataset.manual_dir = str(DRIVE_DUMMY)
+    config.train.batch_size = 4
+    config.eval.batch_size = 1
+    config.dataset.cross_validation.update(num_folds=3, fold=0)
+    final = train.train_and_evaluate(config, tmp_path / "fold0")
+    assert final["step"] == 4 and final["num_examples"] == 1
+    rows = list(csv.DictReader((tmp_path / "fold0" / "eval" / "validation" / "per_case.csv").open()))
+    assert [row["id"] for row in rows] == ["21_training"]
+    saved = json.loads((tmp_path / "fold0" / "eval" / "validation" / "metrics.json").read_text())
+    assert saved["num_examples"] == 1

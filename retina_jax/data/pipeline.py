@@ -15,6 +15,7 @@ from typing import Iterator
 
 import jax
 import numpy as np
+from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -67,6 +68,9 @@ def select(builder, split: str, config) -> Selection:
     held_out = groups[folds.fold::folds.num_folds]
     chosen = held_out if split == config.dataset.validation_split else [
         group for group in groups if group not in held_out]
+    logging.info("Cross-validation fold %d of %d: split %r reads %d of the %d %r groups of %r: %s",
+                 folds.fold, folds.num_folds, split, len(chosen), len(groups), folds.group_by, folds.pool,
+                 " ".join(chosen))
     return Selection(folds.pool, folds.group_by, tuple(chosen))
 
 
