@@ -24,7 +24,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 
 class CheckpointMismatchError(ValueError):
-    """The workdir holds a checkpoint of a different model."""
+    """The workdir holds a checkpoint that this run cannot resume or evaluate: of another model,
+    optimizer chain, or selection of training and validation examples."""
 
 
 def create_manager(directory: str | Path, *, best_metric: str = "dice", best_mode: str = "max",
@@ -93,7 +94,7 @@ def architecture(model_record: dict | None, defaults: dict | None = None) -> dic
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
-            run_info: dict) -> tuple[Any, dict]:
+            run_info: dict, *, check_data: bool = True) -> tuple[Any, dict]:
     """Restores `step` into arrays shaped and sharded like `target_state`.
 
     Returns the state and the saved run info. Raises CheckpointMismatchError when the saved
@@ -101,7 +102,9 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
     at their defaults (`run_info["model_defaults"]`; see `architecture`) (parameters
     are float32 in every precision, so a run may resume or be evaluated in another), or when the
     optimizer state was built by another optimizer chain (`run_info["optimizer"]`; checkpoints
-    written before it was recorded are not checked).
+    written before it was recorded are not checked). With `check_data`, also when the
+    checkpoint was trained on the same dataset (`run_info["dataset"]`) but with another data
+    selection (`run_info["data"]`: splits, cross-validation fold; see `check_data_selection`).
     """
     saved_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
     defaults = run_info.get("model_defaults")
@@ -117,12 +120,37 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
             f"{saved_optimizer}, but this run's optimizer is {run_info.get('optimizer')}: the states do "
             "not fit one another. Set config.train.optimizer / config.train.grad_clip_norm as they "
             "were, or use another --workdir.")
+    if check_data:
+        check_data_selection(saved_info, run_info, f"{manager.directory} (step {step})")
     abstract_state = jax.tree.map(
         lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding),
         target_state)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], saved_info
+
+
+def check_data_selection(saved_info: dict, run_info: dict, where: str) -> None:
+    """Raises CheckpointMismatchError when the checkpoint `where` was trained on this run's
+    dataset with another selection of training and validation examples: resuming would mix
+    two training sets, and evaluating would choose the checkpoint's threshold on, or report as
+    held out, images it may have trained on (e.g. a cross-validation fold's workdir evaluated
+    without its fold). Another dataset (a cross-dataset evaluation) and checkpoints written
+    before the selection was recorded are not checked."""
+    saved, current = saved_info.get("data"), run_info.get("data")
+    if saved is None or saved_info.get("dataset") != run_info.get("dataset") or saved == current:
+        return
+    raise CheckpointMismatchError(
+        f"{where} was trained on {saved_info.get('dataset')!r} with data selection {saved}, but "
+        f"this run selects {current}. Pass {' '.join(data_flags(saved))} (as the run that wrote "
+        "it did), or use another --workdir.")
+
+
+def data_flags(data: dict) -> list[str]:
+    """The command-line overrides that select the examples of a recorded data selection."""
+    flags = [f"--config.dataset.{key}={data[key]}" for key in ("train_split", "validation_split")]
+    folds = data.get("cross_validation") or {"num_folds": 0}
+    return flags + [f"--config.dataset.cross_validation.{key}={value}" for key, value in folds.items()]
 
 
 class PreemptionNotice:

@@ -76,6 +76,19 @@ def optimizer_record(config: ml_collections.ConfigDict) -> dict:
     return {"optimizer": config.train.optimizer, "grad_clip": config.train.grad_clip_norm > 0}
 
 
+def data_record(config: ml_collections.ConfigDict) -> dict:
+    """Which examples a run trains and validates on, JSON-ready: its splits and, with
+    cross-validation on, the fold. Resuming, or evaluating on the same dataset, needs the same
+    record: another one would train on, or choose checkpoints and thresholds on, other images."""
+    record = {"train_split": config.dataset.train_split,
+              "validation_split": config.dataset.validation_split}
+    folds = config.dataset.cross_validation
+    if folds.num_folds:
+        record["cross_validation"] = {"num_folds": folds.num_folds, "fold": folds.fold,
+                                      "pool": folds.pool, "group_by": folds.group_by}
+    return record
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -268,7 +281,8 @@ class Experiment:
         # `dataset` tells a later evaluation on another dataset (cross-dataset) where to report.
         self.run_info = {"model": model_record(config.model.name, self.model),
                          "model_defaults": model_defaults(self.model),
-                         "optimizer": optimizer_record(config), "dataset": config.dataset.name}
+                         "optimizer": optimizer_record(config), "dataset": config.dataset.name,
+                         "data": data_record(config)}
         replicated = parallel.replicated(self.mesh)
         image_shape = pipeline.model_input_shape(self.builder, config)
         root_key = jax.random.key(config.seed)
@@ -419,11 +433,15 @@ def overlay_image(gallery: segmentation.Gallery, threshold: float) -> np.ndarray
     return viz.overlay_grid(images, masks, predictions, captions)
 
 
-def restore_or_initial(experiment: Experiment, manager, step: int | None) -> tuple[TrainState, dict]:
-    """The state at checkpoint `step` (None: the initial state) and the saved run info."""
+def restore_or_initial(experiment: Experiment, manager, step: int | None, *,
+                       check_data: bool = True) -> tuple[TrainState, dict]:
+    """The state at checkpoint `step` (None: the initial state) and the saved run info; with
+    `check_data`, the checkpoint must have been trained on this config's data selection
+    (checkpoint.check_data_selection)."""
     if step is None:
         return experiment.initial_state, {**experiment.run_info, "train_seconds": 0.0}
-    return checkpoint.restore(manager, step, experiment.initial_state, experiment.run_info)
+    return checkpoint.restore(manager, step, experiment.initial_state, experiment.run_info,
+                              check_data=check_data)
 
 
 def restore_evaluation_checkpoint(experiment: Experiment, workdir: str | Path) -> tuple[TrainState, int]:
@@ -432,7 +450,8 @@ def restore_evaluation_checkpoint(experiment: Experiment, workdir: str | Path) -
     config = experiment.config
     manager = checkpoint.create_manager(Path(workdir) / "checkpoints", best_metric=config.checkpoint.best_metric)
     step = checkpoint.evaluation_step(manager, config.eval.checkpoint)
-    state, _ = restore_or_initial(experiment, manager, step)
+    # Predictions on a user's images do not depend on which examples trained the model.
+    state, _ = restore_or_initial(experiment, manager, step, check_data=False)
     return state, step
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import drive, duke_fluid
-from retina_jax import train
+from retina_jax import checkpoint, train
 from retina_jax.data import pipeline
 from retina_jax.datasets.drive import drive_dataset_builder
 
@@ -122,3 +122,6 @@ def test_a_fold_run_validates_on_its_held_out_image(tmp_path):
     assert [row["id"] for row in rows] == ["21_training"]
     saved = json.loads((tmp_path / "fold0" / "eval" / "validation" / "metrics.json").read_text())
     assert saved["num_examples"] == 1
+    config.dataset.cross_validation.num_folds = 0  # the default split: image 21 trained it
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="cross_validation.fold=0"):
+        train.evaluate(config, tmp_path / "fold0")

@@ -243,6 +243,33 @@ def test_workdir_of_another_optimizer_chain_refuses_to_resume(smoke_config, tmp_
     assert train.train_and_evaluate(smoke_config, tmp_path)["num_examples"] == 173
 
 
+def test_workdir_of_another_data_selection_refuses_to_resume_or_evaluate(smoke_config, tmp_path):
+    smoke_config.train.stop_at_step = 2
+    train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.dataset.cross_validation.update(num_folds=2, fold=1)
+    expected_flags = ("--config.dataset.train_split=train --config.dataset.validation_split=validation "
+                      "--config.dataset.cross_validation.num_folds=0")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=expected_flags):
+        train.train_and_evaluate(smoke_config, tmp_path)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="'num_folds': 2, 'fold': 1"):
+        train.evaluate(smoke_config, tmp_path)
+    # Predicting a user's images does not depend on the examples the model trained on.
+    _, step = train.restore_evaluation_checkpoint(train.Experiment(smoke_config), tmp_path)
+    assert step == 2
+
+
+def test_data_selection_is_checked_on_the_same_dataset_only():
+    fold_0 = {"dataset": "drive", "data": {"train_split": "train", "validation_split": "validation",
+                                           "cross_validation": {"num_folds": 5, "fold": 0}}}
+    fold_1 = {"dataset": "drive", "data": {**fold_0["data"], "cross_validation": {"num_folds": 5, "fold": 1}}}
+    checkpoint.check_data_selection(fold_0, fold_0, "here")
+    checkpoint.check_data_selection(fold_0, {**fold_1, "dataset": "chase_db1"}, "here")  # cross-dataset
+    checkpoint.check_data_selection({"dataset": "drive"}, fold_1, "here")  # written before the record
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match="cross_validation.num_folds=5 --config.dataset.cross_validation.fold=0"):
+        checkpoint.check_data_selection(fold_0, fold_1, "here")
+
+
 def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         train.evaluate(smoke_config, tmp_path)
