@@ -126,6 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.overlap = 0.25       # sliding_window: fraction of a tile shared with the next
     config.inference.tile_batch = 4       # sliding_window: tiles per image per model call
     config.inference.flip_tta = False     # average over left-right / up-down mirror images
+    config.inference.transpose_tta = False  # ... and over the transposed image (with flips: 8 views)
 
     # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
     # best checkpoint, with training's preprocessing.

@@ -10,7 +10,9 @@ depends on the tile batch, not on the image size), weights every tile's probabil
 Gaussian centred on the tile (borders, where a convolution sees padding instead of context,
 count least) and divides by the summed weights. Images smaller than a tile are zero-padded and
 cropped back. Flip test-time augmentation averages the probabilities of the image mirrored
-left-right, up-down and both ways with those of the image itself.
+left-right, up-down and both ways with those of the image itself; transpose TTA also averages
+in the transposed image's (rows and columns swapped), so that both together average over all 8
+rotations and reflections of a square (the dihedral group; 2x the model calls of flips alone).
 """
 import functools
 from typing import Callable
@@ -45,6 +47,15 @@ def with_flip_tta(predict: Predict) -> Predict:
         return sum(jnp.flip(part, axes) if axes else part
                    for part, axes in zip(probabilities, FLIP_AXES)) / len(FLIP_AXES)
     return predict_mirrored
+
+
+def with_transpose_tta(predict: Predict) -> Predict:
+    """`predict` averaged over its input and the input transposed (H and W swapped), the latter
+    transposed back; two model calls, so images need not be square."""
+    def predict_transposed(variables, images):
+        transposed = predict(variables, jnp.swapaxes(images, 1, 2))
+        return (predict(variables, images) + jnp.swapaxes(transposed, 1, 2)) / 2
+    return predict_transposed
 
 
 def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
@@ -119,10 +130,12 @@ def sliding_window(predict: Predict, variables: dict, images: jax.Array, *, tile
 def make_predictor(model, config) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
-    `tile_batch`), with `flip_tta`."""
+    `tile_batch`), with `flip_tta` and `transpose_tta`."""
     predict = model_probabilities(model)
     if config.flip_tta:
         predict = with_flip_tta(predict)
+    if config.transpose_tta:
+        predict = with_transpose_tta(predict)
     if config.method == "whole":
         return predict
     if config.method == "sliding_window":

@@ -1,4 +1,4 @@
-"""Sliding-window inference and flip TTA: exact on pixel-wise predictors, hand-computed blending,
+"""Sliding-window inference and flip / transpose TTA: exact on pixel-wise predictors, hand-computed blending,
 any image size, and a model that only ever sees tile batches of the configured size."""
 import math
 
@@ -91,9 +91,55 @@ def test_flip_tta_averages_the_four_mirror_images():
                                pixelwise(VARIABLES, images), rtol=1e-6)
 
 
+def column_ramp(variables, images):
+    """0 at the left edge, 1 at the right: a 'model' that is not symmetric."""
+    width = images.shape[2]
+    return jnp.broadcast_to(jnp.linspace(0.0, 1.0, width)[None, None, :, None], (*images.shape[:3], 1))
+
+
+def test_transpose_tta_averages_the_image_and_its_transpose_of_any_shape():
+    images = jnp.zeros((2, 5, 7, 1))
+    # The transposed image's column ramp, transposed back, runs down the rows.
+    expected = (np.linspace(0, 1, 7)[None, :] + np.linspace(0, 1, 5)[:, None]) / 2
+    out = inference.with_transpose_tta(column_ramp)(VARIABLES, images)
+    assert out.shape == (2, 5, 7, 1)
+    np.testing.assert_allclose(out[..., 0], np.broadcast_to(expected, (2, 5, 7)), atol=1e-6)
+    images = jax.random.normal(jax.random.key(2), (2, 5, 7, 1))
+    np.testing.assert_allclose(inference.with_transpose_tta(pixelwise)(VARIABLES, images),
+                               pixelwise(VARIABLES, images), rtol=1e-6)
+
+
+class LeftNeighbourModel:
+    """A 'model' whose logit at a pixel is its left neighbour's value: not symmetric."""
+
+    @staticmethod
+    def apply(variables, images, train):
+        return jnp.roll(images[..., :1], 1, axis=2) * variables["w"]
+
+
+def test_flip_and_transpose_tta_average_over_the_8_rotations_and_reflections():
+    images = jax.random.normal(jax.random.key(3), (1, 6, 6, 1))
+    image = np.asarray(images[0, :, :, 0])
+    model_probability = inference.model_probabilities(LeftNeighbourModel())
+    views = []
+    for turns in range(4):
+        for mirrored in (False, True):
+            view = np.rot90(image, turns)
+            view = view[:, ::-1] if mirrored else view
+            out = model_probability(VARIABLES, jnp.asarray(view.copy())[None, :, :, None])
+            out = np.asarray(out)[0, :, :, 0]
+            out = out[:, ::-1] if mirrored else out
+            views.append(np.rot90(out, -turns))
+    assert np.ptp(np.stack(views), axis=0).max() > 0.1  # the views do disagree
+    predict = inference.make_predictor(LeftNeighbourModel(), ml_collections.ConfigDict(
+        {"method": "whole", "flip_tta": True, "transpose_tta": True}))
+    np.testing.assert_allclose(predict(VARIABLES, images)[0, :, :, 0], np.mean(views, axis=0), rtol=1e-5)
+
+
 def test_make_predictor_names_an_unknown_method():
     config = ml_collections.ConfigDict({"method": "tiles", "tile_size": 16, "overlap": 0.25,
-                                        "tile_batch": 1, "flip_tta": False})
+                                        "tile_batch": 1, "flip_tta": False,
+                                        "transpose_tta": False})
     with pytest.raises(ValueError, match="config.inference.method must be one of"):
         inference.make_predictor(None, config)
     with pytest.raises(ValueError, match="overlap must be in"):
