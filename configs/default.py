@@ -101,6 +101,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 0 = off. A NaN/Inf loss or gradient stops training anyway (train.NonFiniteError), keeping
     # the last good checkpoint.
     config.train.grad_clip_norm = 0.0
+    # Evaluate (and checkpoint-rank) exponential moving averages of the weights and batch-norm
+    # statistics, updated every step with this decay (e.g. 0.999: about the last 1000 steps);
+    # 0 = off, the trained weights themselves.
+    config.train.ema_decay = 0.0
 
     # config.task = "classification" only (retina_jax/tasks/classification.py).
     config.classification = ml_collections.ConfigDict()

@@ -118,8 +118,8 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
         raise CheckpointMismatchError(
             f"{manager.directory} holds a checkpoint (step {step}) whose optimizer state was made by "
             f"{saved_optimizer}, but this run's optimizer is {run_info.get('optimizer')}: the states do "
-            "not fit one another. Set config.train.optimizer / config.train.grad_clip_norm as they "
-            "were, or use another --workdir.")
+            "not fit one another. Set config.train.optimizer / config.train.grad_clip_norm / "
+            "config.train.ema_decay (0 or not) as they were, or use another --workdir.")
     if check_data:
         check_data_selection(saved_info, run_info, f"{manager.directory} (step {step})")
     abstract_state = jax.tree.map(

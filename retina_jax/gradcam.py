@@ -441,7 +441,7 @@ def explain_examples(experiment, state, examples: dict[str, np.ndarray], masks: 
     without annotated regions)."""
     config = experiment.config
     regions = annotated_regions(examples, masks)
-    variables = local_copy({"params": state.params, "batch_stats": state.batch_stats})
+    variables = local_copy(train.evaluation_variables(state))
     explanation = explain_images(experiment.model, variables, examples["image"], regions, config)
     rows = image_rows(config, examples, explanation, getattr(experiment, "class_names", None))
     summary = None

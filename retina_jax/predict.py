@@ -168,7 +168,7 @@ def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Pa
     """(path, raw example, model input) -> its predictions.csv row, after writing
     <stem>_probability.png and <stem>_mask.png into `out_dir`."""
     predict = jax.jit(inference.make_predictor(experiment.model, experiment.config.inference))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = train.evaluation_variables(state)
     replicated = parallel.replicated(experiment.mesh)
 
     def predict_file(path: epath.Path, example: dict, image: np.ndarray) -> dict:

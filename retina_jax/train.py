@@ -41,6 +41,25 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: Any
+    # With config.train.ema_decay > 0: exponential moving averages of `params` and
+    # `batch_stats` ({"params", "batch_stats"}), which evaluation uses; None (no leaves, so
+    # checkpoints keep their layout) otherwise.
+    ema: Any = None
+
+
+def evaluation_variables(state: TrainState) -> dict:
+    """The variables that evaluation, prediction and Grad-CAM apply the model with: the moving
+    averages when the run keeps them, else the trained parameters and batch statistics."""
+    if state.ema is not None:
+        return state.ema
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def ema_decay_at(decay: float, step: jnp.ndarray) -> jnp.ndarray:
+    """The averaging weight of the old average at `step`: `decay`, but at most
+    (1 + step) / (10 + step) (tf.train.ExponentialMovingAverage's num_updates rule), so the
+    early average is not held back by the random initialisation."""
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -71,9 +90,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def optimizer_record(config: ml_collections.ConfigDict) -> dict:
-    """What fixes the optimizer state's structure (not its hyperparameters' values), JSON-ready:
-    a checkpoint resumes only under the same record."""
-    return {"optimizer": config.train.optimizer, "grad_clip": config.train.grad_clip_norm > 0}
+    """What fixes the structure of the optimizer state and of the moving averages (not their
+    hyperparameters' values), JSON-ready: a checkpoint resumes only under the same record."""
+    if config.train.ema_decay < 0 or config.train.ema_decay >= 1:
+        raise ValueError(f"config.train.ema_decay must be in [0, 1) (0 = off), got {config.train.ema_decay}.")
+    record = {"optimizer": config.train.optimizer, "grad_clip": config.train.grad_clip_norm > 0}
+    # Only when on: records written before EMA existed stay equal to those of runs without it.
+    return {**record, "ema": True} if config.train.ema_decay > 0 else record
 
 
 def data_record(config: ml_collections.ConfigDict) -> dict:
@@ -136,11 +159,13 @@ def _json_name(value) -> str:
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+                       image_shape: tuple[int, ...], *, ema: bool = False) -> TrainState:
+    """The initial state; with `ema`, moving averages that start at the initial variables."""
     variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params),
+                      ema={"params": params, "batch_stats": batch_stats} if ema else None)
 
 
 def segmentation_loss(name: str) -> Callable:
@@ -150,12 +175,14 @@ def segmentation_loss(name: str) -> Callable:
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                batch_loss: Callable, dropout_key: jax.Array,
-               deep_supervision: bool = False) -> tuple[TrainState, dict]:
+               deep_supervision: bool = False, ema_decay: float = 0.0) -> tuple[TrainState, dict]:
     """One optimizer step on a (globally sharded) batch; pure, so jit can donate `state`.
 
     `batch_loss(outputs, batch)` is the task's loss (`segmentation_loss`, `classification.loss`).
     With `deep_supervision` the loss is its mean over every head the model sows as
     ("intermediates", "side_logits") (e.g. unet with side_heads=True), not over the output only.
+    A state with moving averages (`state.ema`) moves them towards the new parameters and batch
+    statistics by `ema_decay_at(ema_decay, step)`.
     """
     step_key = jax.random.fold_in(dropout_key, state.step)
 
@@ -172,8 +199,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
     (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+        decay = ema_decay_at(ema_decay, state.step)
+        ema = jax.tree.map(lambda average, new: decay * average + (1 - decay) * new,
+                           ema, {"params": params, "batch_stats": batch_stats})
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state, ema=ema)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}  # before any clipping
 
 
@@ -218,8 +251,7 @@ def check_finite(step_metrics: list[dict], first_step: int, last_checkpoint: int
 
 
 def predict_probabilities(state: TrainState, images: jnp.ndarray, *, model) -> jnp.ndarray:
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
-                         train=False)
+    logits = model.apply(evaluation_variables(state), images, train=False)
     return jax.nn.sigmoid(logits)
 
 
@@ -227,15 +259,14 @@ def eval_step(state: TrainState, batch: dict, *, predict: inference.Predict, thr
               num_bins: int) -> tuple[dict, dict, jnp.ndarray]:
     """Split-level count sums, per-example counts and the probability maps of one batch;
     `predict` (see `inference.make_predictor`) maps whole images to probabilities."""
-    probabilities = predict({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+    probabilities = predict(evaluation_variables(state), batch["image"])
     return (segmentation.eval_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
             segmentation.case_counts(probabilities, batch, threshold=threshold), probabilities)
 
 
 def classification_eval_step(state: TrainState, batch: dict, *, model, head: str) -> jnp.ndarray:
     """Every example's scores (classification.scores) of one batch."""
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
-                          train=False)
+    outputs = model.apply(evaluation_variables(state), batch["image"], train=False)
     return classification.scores(outputs, head)
 
 
@@ -288,12 +319,14 @@ class Experiment:
         root_key = jax.random.key(config.seed)
         init_key, dropout_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
         self.initial_state = jax.jit(
-            functools.partial(create_train_state, self.model, self.tx, image_shape=image_shape),
+            functools.partial(create_train_state, self.model, self.tx, image_shape=image_shape,
+                              ema=config.train.ema_decay > 0),
             out_shardings=replicated)(init_key)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx,
                               batch_loss=self.batch_loss(), dropout_key=dropout_key,
-                              deep_supervision=config.train.deep_supervision),
+                              deep_supervision=config.train.deep_supervision,
+                              ema_decay=config.train.ema_decay),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
         if config.task == "classification":
             self.eval_step = jax.jit(

@@ -170,6 +170,51 @@ def test_deep_supervision_loss_is_the_mean_over_the_sown_heads(smoke_config):
                          dropout_key=jax.random.key(2), deep_supervision=True)
 
 
+def test_moving_averages_follow_the_weights_with_the_warm_up_decay(smoke_config):
+    smoke_config.model.dropout = 0.0
+    model = train.build_model(smoke_config)
+    tx = train.make_optimizer(smoke_config)
+    state = train.create_train_state(model, tx, jax.random.key(0), (16, 16, 1), ema=True)
+    assert train.evaluation_variables(state) is state.ema
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    batch = {"image": images, "mask": (images > 0.5).astype(jnp.float32), "labelled": jnp.ones(2)}
+    step = functools.partial(train.train_step, model=model, tx=tx, dropout_key=jax.random.key(2),
+                             batch_loss=train.segmentation_loss("bce_dice"), ema_decay=0.9)
+    first = step(state, batch)[0]
+    second = step(first, batch)[0]
+    # Step 0 keeps min(0.9, 1/10) of the old average, step 1 min(0.9, 2/11).
+    for before, after, kept in ((state, first, 0.1), (first, second, 2 / 11)):
+        weights = {"params": after.params, "batch_stats": after.batch_stats}
+        expected = jax.tree.map(lambda average, new: kept * average + (1 - kept) * new, before.ema, weights)
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), after.ema, expected)
+    assert any(not np.allclose(average, weight) for average, weight in
+               zip(jax.tree.leaves(second.ema["params"]), jax.tree.leaves(second.params)))
+    plain = train.create_train_state(model, tx, jax.random.key(0), (16, 16, 1))
+    assert plain.ema is None and step(plain, batch)[0].ema is None
+    assert train.evaluation_variables(plain) == {"params": plain.params, "batch_stats": plain.batch_stats}
+
+
+def test_a_run_with_moving_averages_resumes_exactly_and_evaluates_them(smoke_config, tmp_path):
+    smoke_config.train.ema_decay = 0.5
+    straight = train.train_and_evaluate(smoke_config, tmp_path / "straight")
+    smoke_config.train.stop_at_step = 2
+    train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    smoke_config.train.stop_at_step = 0
+    resumed = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    assert without_timing(resumed) == without_timing(straight)
+    state = saved_state(smoke_config, tmp_path / "straight")
+    jax.tree.map(np.testing.assert_array_equal, state, saved_state(smoke_config, tmp_path / "chained"))
+    assert state.ema is not None
+    smoke_config.train.ema_decay = 0.0
+    without_averages = train.train_and_evaluate(smoke_config, tmp_path / "plain")
+    assert without_averages["dice"] != straight["dice"]  # the same weights, evaluated otherwise
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="'ema': True.*ema_decay"):
+        train.train_and_evaluate(smoke_config, tmp_path / "straight")
+    smoke_config.train.ema_decay = 1.0
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        train.Experiment(smoke_config)
+
+
 def test_a_checkpoint_recorded_before_a_model_field_existed_matches_that_field_at_its_default():
     defaults = {"features": 16, "side_heads": False, "dtype": "float32"}
     saved = {"name": "unet", "features": 8, "dtype": "float32"}  # written before side_heads existed
