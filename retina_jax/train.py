@@ -34,6 +34,7 @@ from retina_jax.ops import onednn_conv
 from retina_jax.tasks import classification, segmentation
 
 TASKS = ("segmentation", "classification")
+CONFIG_FILE = "config.json"
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -515,6 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step, num_steps = int(state.step), config.train.num_steps
     stop_step = min(num_steps, config.train.stop_at_step or num_steps)
     is_main_process = jax.process_index() == 0
+    if is_main_process:
+        record_config(workdir, config)
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
     if start_step == 0:
         writer.write_hparams(flatten_config(config))
@@ -781,10 +784,29 @@ def case_columns(cases: list[dict]) -> list[str]:
     return identifying + [key for key in segmentation.CASE_COLUMNS if key in present]
 
 
-def flatten_config(config: ml_collections.ConfigDict) -> dict:
+def record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the whole config of this training launch to `workdir/config.json`, so that the
+    workdir says how it was made (e.g. the cross-validation fold that every later command on it
+    must name). A resumed launch with other settings (more steps, say) replaces the file and
+    logs each field that changed. Called once the checkpoint accepted the config: a refused
+    resume leaves the file alone."""
+    path = workdir / CONFIG_FILE
+    current = json.loads(config.to_json_best_effort())
+    if path.exists():
+        previous, latest = flatten_config(json.loads(path.read_text())), flatten_config(current)
+        changed = {key: (previous.get(key), latest.get(key)) for key in previous.keys() | latest.keys()
+                   if previous.get(key) != latest.get(key)}
+        if changed:
+            logging.info("This launch's config differs from the previous one in %s (old -> new): %s", path,
+                         "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items())))
+    io_utils.write_json(path, current)
+
+
+def flatten_config(config: ml_collections.ConfigDict | dict) -> dict:
+    """{"train.num_steps": 6000, ...}: the leaves of a nested config (or its JSON) by dotted key."""
     flat = {}
     for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
             flat.update({f"{key}.{sub}": sub_value for sub, sub_value in flatten_config(value).items()})
         else:
             flat[key] = value

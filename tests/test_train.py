@@ -51,7 +51,7 @@ def test_a_few_steps_lower_the_loss(smoke_config):
     assert int(state.step) == 10
 
 
-def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path, caplog):
     straight = train.train_and_evaluate(smoke_config, tmp_path / "straight")
     again = train.train_and_evaluate(smoke_config, tmp_path / "again")
     assert without_timing(straight) == without_timing(again)  # same command twice, same numbers
@@ -60,8 +60,15 @@ def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path):
     halfway = train.train_and_evaluate(smoke_config, tmp_path / "chained")
     assert not (tmp_path / "chained" / "metrics.json").exists()
     assert halfway["num_examples"] == 173
+    saved_config = json.loads((tmp_path / "chained" / "config.json").read_text())
+    assert saved_config["train"]["stop_at_step"] == 2
+    assert saved_config["model"]["name"] == smoke_config.model.name
     smoke_config.train.stop_at_step = 0
-    resumed = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    with caplog.at_level("INFO"):
+        resumed = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    assert "train.stop_at_step: 2 -> 0" in caplog.text
+    saved_config["train"]["stop_at_step"] = 0
+    assert json.loads((tmp_path / "chained" / "config.json").read_text()) == saved_config
     assert without_timing(resumed) == without_timing(straight)
     assert resumed["step"] == 4
 
@@ -296,6 +303,8 @@ def test_workdir_of_another_data_selection_refuses_to_resume_or_evaluate(smoke_c
                       "--config.dataset.cross_validation.num_folds=0")
     with pytest.raises(checkpoint.CheckpointMismatchError, match=expected_flags):
         train.train_and_evaluate(smoke_config, tmp_path)
+    # The refused launch leaves the workdir's record of how it was trained alone.
+    assert json.loads((tmp_path / "config.json").read_text())["dataset"]["cross_validation"]["num_folds"] == 0
     with pytest.raises(checkpoint.CheckpointMismatchError, match="'num_folds': 2, 'fold': 1"):
         train.evaluate(smoke_config, tmp_path)
     # Predicting a user's images does not depend on the examples the model trained on.
