@@ -271,6 +271,15 @@ def first_of_split(builder, split: str, num_images: int) -> str:
     return f"{split}[:{min(num_images, builder.info.splits[split].num_examples)}]"
 
 
+def whole_split(builder, split: str, config):
+    """`split` preprocessed for evaluation and batched, all of it in this process (not this
+    process's share of it, as evaluation reads it): every process then explains the same images,
+    and process 0 writes all of them."""
+    dataset, _ = pipeline.eval_dataset(builder, split, config, local_batch_size=config.eval.batch_size,
+                                       process_index=0, process_count=1)
+    return dataset
+
+
 def first_examples(dataset, num_images: int) -> dict[str, np.ndarray]:
     """The first `num_images` examples of a batched evaluation dataset, as one batch."""
     batches, count = [], 0
@@ -300,9 +309,7 @@ def masks_behind_labels(experiment, split: str, examples: dict[str, np.ndarray])
         return None
     mask_config = experiment.config.copy_and_resolve_references()
     mask_config.dataset.label_from_mask = False
-    dataset, _ = pipeline.eval_dataset(experiment.builder, split, mask_config,
-                                       local_batch_size=experiment.local_batch_size(mask_config.eval.batch_size))
-    with_masks = first_examples(dataset, len(examples["image"]))
+    with_masks = first_examples(whole_split(experiment.builder, split, mask_config), len(examples["image"]))
     if "id" in examples and not np.array_equal(with_masks["id"], examples["id"]):
         raise RuntimeError(f"Reading {split!r} again for its masks gave other examples.")
     return with_masks["mask"]
@@ -430,7 +437,7 @@ def panel(image: np.ndarray, heatmap: np.ndarray, region: np.ndarray | None, lin
 
 def local_copy(tree):
     """The replicated arrays of `tree` as held by this process's first device: each process then
-    explains its own images on its own (no collective), and the results are its to read."""
+    explains images on its own (no collective), and the results are its to read."""
     return jax.tree.map(lambda array: array.addressable_data(0), tree)
 
 
@@ -476,15 +483,15 @@ def run(config, workdir: str) -> dict:
                          (segmentation masks, or the masks behind dataset.label_from_mask
                          labels) the energy-based pointing game: per image `energy_inside` and
                          `region_fraction`, and `pointing_game` with their means
-    Returns the summary. Multi-process: each process explains its share of those examples
-    (the pipeline's split of them) and process 0 writes its own."""
+    Returns the summary. Multi-process: every process explains all of those examples on its
+    own devices (a few images; no collective) and process 0 writes them."""
     check_settings(config)
     workdir = Path(workdir)
     experiment = train.Experiment(config)
     state, step = train.restore_evaluation_checkpoint(experiment, workdir)
     settings = config.gradcam
     split = first_of_split(experiment.builder, settings.split, settings.num_images)
-    examples = first_examples(experiment.eval_data(split)[0], settings.num_images)
+    examples = first_examples(whole_split(experiment.builder, split, config), settings.num_images)
     rows, panels, pointing = explain_examples(experiment, state, examples,
                                               masks_behind_labels(experiment, split, examples))
     for index, row in enumerate(rows):

@@ -161,15 +161,29 @@ def test_two_processes_train_like_one(tmp_path):
 @pytest.mark.slow
 def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp_path):
     port, workdir = free_port(), tmp_path / "run"
-    common = [sys.executable, "-m", "retina_jax.main", "--config=configs/vessels.py:smoke",
-              f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}",
-              "--config.train.num_steps=2", f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+    one_process = [sys.executable, "-m", "retina_jax.main", "--config=configs/vessels.py:smoke",
+                   f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}", "--config.train.num_steps=2"]
+    common = [*one_process, f"--config.parallel.coordinator_address=127.0.0.1:{port}",
               "--config.parallel.num_processes=2", "--config.parallel.cpu_devices=1"]
     run_together([[*common, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 2
     assert metrics["num_examples"] == 173  # each process evaluated its own half of the split
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 1  # only process 0 logs
+
+    # Grad-CAM: process 0 writes every requested image, as one process does.
+    explain = ["--mode=gradcam", "--config.gradcam.num_images=6"]
+    run_together([[*common, *explain, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
+    summary_path = workdir / "gradcam" / "validation" / "summary.json"
+    by_two = json.loads(summary_path.read_text())
+    summary_path.unlink()
+    run_together([[*one_process, "--config.parallel.cpu_devices=1", *explain]], tmp_path)
+    by_one = json.loads(summary_path.read_text())
+    assert len(by_two["images"]) == 6
+    assert [row["id"] for row in by_two["images"]] == [row["id"] for row in by_one["images"]]
+    assert by_two["pointing_game"] == pytest.approx(by_one["pointing_game"], abs=1e-6)
+    assert sorted(path.name for path in summary_path.parent.glob("0*.png")) == sorted(
+        row["file"] for row in by_one["images"])
 
 
 def test_compilation_cache_keeps_compiled_programs_for_the_next_run(tmp_path):
