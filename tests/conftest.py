@@ -1,15 +1,32 @@
-"""Shared test set-up: TensorFlow stays off accelerators; XLA compiles quickly."""
+"""Shared test set-up: everything runs on the CPU; XLA compiles quickly, and once.
+
+The environment is set here, before JAX is imported, so that this process and every
+subprocess a test starts (`main`, scripts, several processes of one job) inherit it."""
+import os
 from pathlib import Path
 
-import jax
-import pytest
-import tensorflow as tf
+# Tests check behaviour, not speed: cheaper compiles keep the suite fast.
+os.environ.update({"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+                   "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 DRIVE_DUMMY = Path(__file__).resolve().parents[1] / "retina_jax" / "datasets" / "drive" / "dummy_data"
 
 tf.config.set_visible_devices([], "GPU")
-# Tests check behaviour, not speed: cheaper compiles keep the suite fast.
-jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the session, here and in the subprocesses started
+    after this (they read it from the environment): most tests train the same smoke model, and
+    each fresh `Experiment` or process would otherwise compile the same steps again."""
+    from retina_jax import parallel
+    cache_dir = str(tmp_path_factory.mktemp("xla_cache"))
+    parallel.enable_compilation_cache(cache_dir)
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 
 @pytest.fixture(scope="session")

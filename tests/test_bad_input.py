@@ -24,8 +24,6 @@ DATASETS_DIR = REPO / "retina_jax" / "datasets"
 DRIVE_DUMMY = DATASETS_DIR / "drive" / "dummy_data"
 OCT_DUMMY = DATASETS_DIR / "oct2017" / "dummy_data"
 IDRID_DUMMY = DATASETS_DIR / "idrid_grading" / "dummy_data"
-SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-                  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 FOLDER_SHAPE = (24, 32)  # the generic folder dataset's images: grey, height x width
 
 
@@ -331,7 +329,7 @@ def test_predict_reads_and_preprocesses_fundus_images_as_evaluation_does(tmp_pat
 
 
 def run_main(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "retina_jax.main", *flags], cwd=REPO, env=SUBPROCESS_ENV,
+    return subprocess.run([sys.executable, "-m", "retina_jax.main", *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

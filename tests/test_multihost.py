@@ -5,7 +5,6 @@ coordinator on 127.0.0.1) and must train exactly like one process fed the same g
 The rules that decide when a process joins a distributed run are tested as pure functions.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,9 +20,6 @@ from tests import multihost_step
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_SECONDS = 240
-# Cheap compiles (as in conftest) and no accelerator: the processes must meet on the CPU.
-SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-                  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def parallel_config(address: str = "", num_processes: int = 0, process_id: int = -1):
@@ -103,8 +99,8 @@ def run_together(commands: list[list[str]], log_dir: Path, meanwhile=lambda: Non
     """
     logs = [(log_dir / f"process_{index}.out", log_dir / f"process_{index}.err")
             for index in range(len(commands))]
-    processes = [subprocess.Popen(command, stdout=out.open("w"), stderr=err.open("w"), cwd=REPO,
-                                  env=SUBPROCESS_ENV) for command, (out, err) in zip(commands, logs)]
+    processes = [subprocess.Popen(command, stdout=out.open("w"), stderr=err.open("w"), cwd=REPO)
+                 for command, (out, err) in zip(commands, logs)]
     deadline = time.monotonic() + TIMEOUT_SECONDS
     try:
         in_this_process = meanwhile()
@@ -192,7 +188,7 @@ def test_compilation_cache_keeps_compiled_programs_for_the_next_run(tmp_path):
                "print(float(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum()))")
     cache = tmp_path / "cache"
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", program, str(cache)], cwd=REPO, env=SUBPROCESS_ENV,
+        done = subprocess.run([sys.executable, "-c", program, str(cache)], cwd=REPO,
                               capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
         assert done.returncode == 0, done.stderr[-2000:]
         assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(6 * np.sin(1.0), rel=1e-6)

@@ -23,8 +23,6 @@ from retina_jax import checkpoint, train
 from tests.test_multihost import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-                  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TIMEOUT_SECONDS = 240
 KILL_POINTS_SEED = 20260
 
@@ -59,7 +57,7 @@ class Run:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "preemptible_main.py"), *flags], cwd=REPO,
-            env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+            stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.process.stdout, selectors.EVENT_READ)
         self.deadline = time.monotonic() + TIMEOUT_SECONDS

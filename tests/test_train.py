@@ -1,7 +1,6 @@
 import csv
 import functools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,7 +269,13 @@ def test_bfloat16_training_converges_like_float32_on_the_seed_vessels(smoke_conf
     smoke_config.train.warmup_steps = 10
     full = train.train_and_evaluate(smoke_config, tmp_path / "float32")
     smoke_config.dtype = "bfloat16"
-    mixed = train.train_and_evaluate(smoke_config, tmp_path / "bfloat16")
+    # This CPU emulates bfloat16 arithmetic; without XLA's fusion of the conversions the run
+    # takes twice as long (200 s against 100 s here).
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        mixed = train.train_and_evaluate(smoke_config, tmp_path / "bfloat16")
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
     assert full["dice"] > BF16_CONVERGENCE_MIN_DICE, full
     assert mixed["dice"] > BF16_CONVERGENCE_MIN_DICE, mixed
     assert abs(mixed["dice"] - full["dice"]) < BF16_CONVERGENCE_MAX_GAP, (mixed["dice"], full["dice"])
@@ -362,7 +367,7 @@ def test_one_step_on_one_device_equals_four_devices():
 
 def run_main(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "retina_jax.main", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          text=True, timeout=timeout, cwd=REPO)
 
 
 @pytest.mark.slow
