@@ -264,20 +264,16 @@ SEGMENTATION_REGIONS = ("predicted", "ground_truth")
 MIN_PANEL_WIDTH = 320  # small images are enlarged until image | overlay is this wide (captions fit)
 
 
-def first_of_split(builder, split: str, num_images: int) -> str:
-    """The TFDS split holding the first `num_images` examples of the split named `split` (all of
-    them if it has fewer): reading exactly those leaves no partly read dataset cache behind."""
-    pipeline.check_split(builder, split)
-    return f"{split}[:{min(num_images, builder.info.splits[split].num_examples)}]"
-
-
-def whole_split(builder, split: str, config):
-    """`split` preprocessed for evaluation and batched, all of it in this process (not this
-    process's share of it, as evaluation reads it): every process then explains the same images,
-    and process 0 writes all of them."""
-    dataset, _ = pipeline.eval_dataset(builder, split, config, local_batch_size=config.eval.batch_size,
+def first_examples_of_split(builder, split: str, config, num_images: int) -> dict[str, np.ndarray]:
+    """The first `num_images` examples of `split` as evaluation reads it (preprocessed, and
+    selected as config selects it: under cross-validation the validation split is the held-out
+    fold), as one batch. Every process reads them all, not its share as evaluation does: each
+    explains the same images, and process 0 writes all of them. Uncached: only a few are read."""
+    uncached = config.copy_and_resolve_references()
+    uncached.dataset.cache = False
+    dataset, _ = pipeline.eval_dataset(builder, split, uncached, local_batch_size=config.eval.batch_size,
                                        process_index=0, process_count=1)
-    return dataset
+    return first_examples(dataset, num_images)
 
 
 def first_examples(dataset, num_images: int) -> dict[str, np.ndarray]:
@@ -309,7 +305,7 @@ def masks_behind_labels(experiment, split: str, examples: dict[str, np.ndarray])
         return None
     mask_config = experiment.config.copy_and_resolve_references()
     mask_config.dataset.label_from_mask = False
-    with_masks = first_examples(whole_split(experiment.builder, split, mask_config), len(examples["image"]))
+    with_masks = first_examples_of_split(experiment.builder, split, mask_config, len(examples["image"]))
     if "id" in examples and not np.array_equal(with_masks["id"], examples["id"]):
         raise RuntimeError(f"Reading {split!r} again for its masks gave other examples.")
     return with_masks["mask"]
@@ -461,12 +457,18 @@ def explain_examples(experiment, state, examples: dict[str, np.ndarray], masks: 
     return rows, panels, summary
 
 
-def evaluation_images(experiment, state, eval_data) -> np.ndarray:
-    """The contact sheet of config.gradcam's maps of the first config.gradcam.num_images
-    examples of `eval_data` (Experiment.eval_data), for TensorBoard at each evaluation.
-    Annotated regions are outlined when the batches carry masks."""
-    check_settings(experiment.config)
-    examples = first_examples(eval_data[0], experiment.config.gradcam.num_images)
+def preview_examples(experiment) -> dict[str, np.ndarray]:
+    """The validation examples whose maps training logs to TensorBoard at each evaluation: the
+    first config.gradcam.num_images, the same in every process (read once, before training)."""
+    config = experiment.config
+    check_settings(config)
+    return first_examples_of_split(experiment.builder, config.dataset.validation_split, config,
+                                   config.gradcam.num_images)
+
+
+def evaluation_images(experiment, state, examples: dict[str, np.ndarray]) -> np.ndarray:
+    """The contact sheet of config.gradcam's maps of `examples` (`preview_examples`) with
+    `state`, for TensorBoard. Annotated regions are outlined when the examples carry masks."""
     _, panels, _ = explain_examples(experiment, state, examples)
     return viz.contact_sheet(panels)
 
@@ -490,10 +492,9 @@ def run(config, workdir: str) -> dict:
     experiment = train.Experiment(config)
     state, step = train.restore_evaluation_checkpoint(experiment, workdir)
     settings = config.gradcam
-    split = first_of_split(experiment.builder, settings.split, settings.num_images)
-    examples = first_examples(whole_split(experiment.builder, split, config), settings.num_images)
+    examples = first_examples_of_split(experiment.builder, settings.split, config, settings.num_images)
     rows, panels, pointing = explain_examples(experiment, state, examples,
-                                              masks_behind_labels(experiment, split, examples))
+                                              masks_behind_labels(experiment, settings.split, examples))
     for index, row in enumerate(rows):
         row["file"] = f"{index:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(row['id']))}.png"
     summary = {"checkpoint_step": step, "split": settings.split, "model": config.model.name,

@@ -528,6 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         experiment.builder, config, local_batch_size=experiment.local_batch_size(config.train.batch_size),
         start_step=start_step)
     validation = experiment.eval_data(config.dataset.validation_split)
+    gradcam_examples = gradcam.preview_examples(experiment) if config.gradcam.tensorboard else None
     schedule = learning_rate_schedule(config)
     train_seconds = run_info["train_seconds"]
     interval_start, interval_losses, step = time.perf_counter(), [], start_step
@@ -564,9 +565,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 overlays = overlay_image(evaluation.gallery, config.eval.threshold)
                 if overlays is not None:
                     writer.write_images(step, {"validation/overlays": overlays[None]})
-                if config.gradcam.tensorboard:
+                if gradcam_examples is not None and is_main_process:
                     writer.write_images(step, {"validation/gradcam": gradcam.evaluation_images(
-                        experiment, state, validation)[None]})
+                        experiment, state, gradcam_examples)[None]})
                 logging.info("step %d validation: %s", step, _format_metrics(last_metrics))
                 checkpoint.save(manager, step, state, {**experiment.run_info, "train_seconds": train_seconds},
                                 {key: value for key, value in last_metrics.items() if isinstance(value, (int, float))})

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from configs import drive, duke_fluid
-from retina_jax import checkpoint, train
+from retina_jax import checkpoint, gradcam, train
 from retina_jax.data import pipeline
 from retina_jax.datasets.drive import drive_dataset_builder
+from tests.test_gradcam import save_initial_state
 
 DRIVE_DUMMY = Path(drive_dataset_builder.__file__).parent / "dummy_data"
 DRIVE_DUMMY_IDS = ["21_training", "22_training", "25_training"]  # train 21, 22; validation 25
@@ -106,6 +107,16 @@ def test_drive_fold_4_is_the_default_validation_split(drive_builder, tfds_dir):
     config.dataset.cross_validation.fold = 0
     assert pipeline.select(drive_builder, "validation", config).groups == (
         "21_training", "26_training", "31_training", "36_training")
+
+
+def test_gradcam_of_a_fold_explains_its_held_out_image(drive_dummy_builder, drive_folds, tmp_path):
+    """The validation split Grad-CAM explains is the fold's, as evaluation reads it."""
+    drive_folds.dataset.manual_dir = str(DRIVE_DUMMY)
+    drive_folds.dataset.cross_validation.fold = 0
+    drive_folds.gradcam.num_images = 2
+    save_initial_state(drive_folds, tmp_path)
+    summary = gradcam.run(drive_folds, str(tmp_path))
+    assert [row["id"] for row in summary["images"]] == ["21_training"]
 
 
 @pytest.mark.slow

@@ -350,8 +350,7 @@ def test_gradcam_mode_finds_the_masks_behind_mask_derived_labels(tfds_dir, duke_
     assert all(row["explained_class"] == "fluid" and 0 < row["region_fraction"] < 0.2
                for row in summary["images"])
     assert summary["pointing_game"]["num_images_with_region"] == 3
-    sheet = gradcam.evaluation_images(experiment, experiment.initial_state,
-                                      experiment.eval_data(config.dataset.validation_split))
+    sheet = gradcam.evaluation_images(experiment, experiment.initial_state, gradcam.preview_examples(experiment))
     assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[-1] == 3
     config.gradcam.target_class = 2
     with pytest.raises(ValueError, match="target_class=2, but the model has 2 output"):

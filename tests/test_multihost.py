@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from retina_jax import parallel
 from tests import multihost_step
@@ -157,15 +158,18 @@ def test_two_processes_train_like_one(tmp_path):
 @pytest.mark.slow
 def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp_path):
     port, workdir = free_port(), tmp_path / "run"
+    # 8 validation images, 4 per process: fewer than the 6 Grad-CAM explains.
     one_process = [sys.executable, "-m", "retina_jax.main", "--config=configs/vessels.py:smoke",
-                   f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}", "--config.train.num_steps=2"]
+                   f"--workdir={workdir}", f"--config.dataset.data_dir={tfds_dir}", "--config.train.num_steps=2",
+                   "--config.dataset.validation_split=validation[:8]"]
     common = [*one_process, f"--config.parallel.coordinator_address=127.0.0.1:{port}",
               "--config.parallel.num_processes=2", "--config.parallel.cpu_devices=1"]
-    run_together([[*common, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
+    preview = ["--config.gradcam.tensorboard=True", "--config.gradcam.num_images=6"]
+    run_together([[*common, *preview, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 2
-    assert metrics["num_examples"] == 173  # each process evaluated its own half of the split
-    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1  # only process 0 logs
+    assert metrics["num_examples"] == 8  # each process evaluated its own half of the split
+    (event_file,) = workdir.glob("events.out.tfevents.*")  # only process 0 logs
 
     # Grad-CAM: process 0 writes every requested image, as one process does.
     explain = ["--mode=gradcam", "--config.gradcam.num_images=6"]
@@ -180,6 +184,23 @@ def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp
     assert by_two["pointing_game"] == pytest.approx(by_one["pointing_game"], abs=1e-6)
     assert sorted(path.name for path in summary_path.parent.glob("0*.png")) == sorted(
         row["file"] for row in by_one["images"])
+    # The sheet training logged at its step-2 evaluation shows the same 6 images, explained
+    # with the same state (the step-2 checkpoint is the one --mode=gradcam explained).
+    logged_sheet = logged_images(event_file, "validation/gradcam")[2]
+    np.testing.assert_array_equal(logged_sheet, np.asarray(Image.open(summary_path.parent / "contact_sheet.png")))
+
+
+def logged_images(event_file: Path, tag: str) -> dict[int, np.ndarray]:
+    """The images a TensorBoard event file holds under `tag`, by step."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+    images = {}
+    for record in tf.data.TFRecordDataset(str(event_file)):
+        event = event_pb2.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            if value.tag == tag:  # tf.summary.image's tensor: width, height, then the PNG
+                images[event.step] = tf.io.decode_png(value.tensor.string_val[2]).numpy()
+    return images
 
 
 def test_compilation_cache_keeps_compiled_programs_for_the_next_run(tmp_path):
