@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from retina_jax import datasets
+from retina_jax.datasets import validate
 from retina_jax.datasets.retina_vessels import retina_vessels_dataset_builder as rv
 
 REAL_SPLIT_SIZES = {"train": 537, "validation": 173, "test": 174}
@@ -165,3 +166,22 @@ def test_different_raw_files_get_different_prepared_dirs(tmp_path):
     assert builder_a.data_dir != builder_b.data_dir
     assert builder_a.info.splits["train"].num_examples == 3
     assert builder_b.info.splits["train"].num_examples == 3
+
+
+def test_builders_png_encoding_decodes_to_the_same_pixels_and_checks_the_shape():
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+        "mask": tfds.features.Image(shape=(5, 7, 1), dtype=np.uint8),
+        "id": tfds.features.Text()})
+    rng = np.random.default_rng(0)
+    arrays = {"image": rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
+              "mask": rng.integers(0, 2, (5, 7, 1), dtype=np.uint8) * 255}
+    encoded = validate.png_encoded({**arrays, "id": "case_1"}, features)
+    assert encoded["id"] == "case_1" and all(isinstance(encoded[key], bytes) for key in arrays)
+    decoded = features.decode_example(features.encode_example(encoded))
+    for key, pixels in arrays.items():
+        np.testing.assert_array_equal(decoded[key].numpy(), pixels)
+    with pytest.raises(ValueError, match=r"'mask' expects a uint8 image of shape \(5, 7, 1\).*\(5, 6, 1\)"):
+        validate.png_encoded({"mask": arrays["mask"][:, :6]}, features)
+    with pytest.raises(ValueError, match="'image'.*float32"):
+        validate.png_encoded({"image": arrays["image"].astype(np.float32)}, features)

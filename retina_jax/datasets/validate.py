@@ -26,11 +26,18 @@ Usage:
   pixels = validate.decode_image(path)                   # (H, W) or (H, W, 3) uint8
   validate.check_binary_mask(path, pixels)
   for key, features in validate.good_examples(builder, cases, make_example): ...
+
+`good_examples` also PNG-encodes the builder's image features itself, with PIL at zlib level 1:
+TFDS's own encoding of an array (tf.io.encode_png) took two thirds of the time of preparing
+IDRiD (0.11-0.14 s of ~0.2 s an image), PIL 0.03 s, and PIL's files are no larger (224.6 KB
+against 232.6 KB, 20 IDRiD images). PNG is lossless: the prepared data decode to the same
+pixels either way.
 """
 import io
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
@@ -38,6 +45,7 @@ from PIL import Image, UnidentifiedImageError
 HIGH_DEPTH_MODE_PREFIXES = ("I", "F")
 MODES_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 SKIPPED_COLUMNS = ["file", "reason"]
+PNG_COMPRESS_LEVEL = 1
 
 
 class BadFileError(ValueError):
@@ -161,7 +169,32 @@ def good_examples(builder, items: Iterable, make_example: Callable) -> Iterator[
             builder.skipped_files.append({"file": error.path, "reason": str(error)})
             continue
         num_good += 1
-        yield key, features
+        yield key, png_encoded(features, builder.info.features)
     if items and not num_good:
         raise ValueError(f"All {len(items)} examples of a split of {builder.name} have bad files; "
                          f"the first: {builder.skipped_files[first_skip]['reason']}")
+
+
+def png_bytes(image: np.ndarray, feature: tfds.features.Image, key: str) -> bytes:
+    """`image` as PNG at PNG_COMPRESS_LEVEL, checked as TFDS checks an array for `feature`."""
+    expected_shape = tuple(feature.shape)
+    matches = image.ndim == len(expected_shape) and all(
+        want is None or want == got for want, got in zip(expected_shape, image.shape))
+    if image.dtype != feature.np_dtype or not matches:
+        raise ValueError(f"Feature {key!r} expects a {np.dtype(feature.np_dtype)} image of shape "
+                         f"{expected_shape} (None: any), got {image.dtype} {image.shape}.")
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def png_encoded(features: dict, feature_spec: tfds.features.FeaturesDict) -> dict:
+    """`features` with each array for a PNG `tfds.features.Image` of `feature_spec` encoded by
+    `png_bytes`; other values as they are, for TFDS to encode."""
+    def is_png_image(key: str) -> bool:
+        feature = feature_spec[key] if key in feature_spec else None
+        return isinstance(feature, tfds.features.Image) and feature.encoding_format in (None, "png")
+    return {key: png_bytes(value, feature_spec[key], key)
+            if isinstance(value, np.ndarray) and is_png_image(key) else value
+            for key, value in features.items()}
