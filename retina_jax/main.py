@@ -9,7 +9,10 @@ Usage:
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=predict \
       --config.predict.input_dir=IN --config.predict.output_dir=OUT    # a folder of your images
 Any config field can be overridden: --config.model.name=unet --config.train.num_steps=2000.
-Training resumes automatically from the latest checkpoint in --workdir.
+Training resumes automatically from the latest checkpoint in --workdir. The other modes apply
+the model as the workdir's config.json records it was trained (model, preprocessing, data
+selection; see retina_jax/run_config.py): only the fields named on the command line and the
+evaluation settings (eval, inference, predict, gradcam, parallel) come from the command.
 """
 import logging as python_logging
 import os
@@ -54,18 +57,21 @@ def main(argv):
     if FLAGS.config.compilation_cache_dir:
         parallel.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
 
-    from retina_jax import gradcam, predict, train
+    from retina_jax import gradcam, predict, run_config, train
 
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "gradcam":
-        gradcam.run(FLAGS.config, FLAGS.workdir)
+        return
+    config = run_config.trained_config(FLAGS.config, FLAGS.workdir,
+                                       config_flags.get_override_values(FLAGS["config"]))
+    if FLAGS.mode == "gradcam":
+        gradcam.run(config, FLAGS.workdir)
     elif FLAGS.mode == "predict":
-        predict.run(FLAGS.config, FLAGS.workdir)
+        predict.run(config, FLAGS.workdir)
     else:
-        train.evaluate(FLAGS.config, FLAGS.workdir)
+        train.evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

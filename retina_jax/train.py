@@ -28,13 +28,12 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from retina_jax import (checkpoint, datasets, gradcam, inference, io_utils, losses, metrics, models,
-                        parallel, viz)
+                        parallel, run_config, viz)
 from retina_jax.data import pipeline
 from retina_jax.ops import onednn_conv
 from retina_jax.tasks import classification, segmentation
 
 TASKS = ("segmentation", "classification")
-CONFIG_FILE = "config.json"
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -517,10 +516,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop_step = min(num_steps, config.train.stop_at_step or num_steps)
     is_main_process = jax.process_index() == 0
     if is_main_process:
-        record_config(workdir, config)
+        run_config.record_config(workdir, config)
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
     if start_step == 0:
-        writer.write_hparams(flatten_config(config))
+        writer.write_hparams(run_config.flatten_config(config))
     else:
         logging.info("Resuming from step %d in %s.", start_step, workdir)
 
@@ -783,35 +782,6 @@ def case_columns(cases: list[dict]) -> list[str]:
     present = {key for case in cases for key in case}
     identifying = [key for key in (*pipeline.CASE_KEYS, "labelled") if key in present]
     return identifying + [key for key in segmentation.CASE_COLUMNS if key in present]
-
-
-def record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Writes the whole config of this training launch to `workdir/config.json`, so that the
-    workdir says how it was made (e.g. the cross-validation fold that every later command on it
-    must name). A resumed launch with other settings (more steps, say) replaces the file and
-    logs each field that changed. Called once the checkpoint accepted the config: a refused
-    resume leaves the file alone."""
-    path = workdir / CONFIG_FILE
-    current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        previous, latest = flatten_config(json.loads(path.read_text())), flatten_config(current)
-        changed = {key: (previous.get(key), latest.get(key)) for key in previous.keys() | latest.keys()
-                   if previous.get(key) != latest.get(key)}
-        if changed:
-            logging.info("This launch's config differs from the previous one in %s (old -> new): %s", path,
-                         "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items())))
-    io_utils.write_json(path, current)
-
-
-def flatten_config(config: ml_collections.ConfigDict | dict) -> dict:
-    """{"train.num_steps": 6000, ...}: the leaves of a nested config (or its JSON) by dotted key."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, (ml_collections.ConfigDict, dict)):
-            flat.update({f"{key}.{sub}": sub_value for sub, sub_value in flatten_config(value).items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def _format_metrics(values: dict) -> str:

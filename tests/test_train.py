@@ -385,16 +385,24 @@ def run_main(*args, timeout=300):
 
 
 @pytest.mark.slow
-def test_main_trains_then_evaluates_end_to_end(tfds_dir, vessel_builder, tmp_path):
+def test_main_trains_then_evaluates_end_to_end_with_the_trained_config(tfds_dir, vessel_builder, tmp_path):
+    """Trained with overrides of the model and of its preprocessing, evaluated without them:
+    evaluation reads them back from the workdir's config.json and scores as training did."""
     common = ["--config=configs/vessels.py:smoke", f"--workdir={tmp_path}",
               f"--config.dataset.data_dir={tfds_dir}"]
-    trained = run_main(*common)
+    trained = run_main(*common, "--config.model.features=6", "--config.input.gamma=0.7")
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["step"] == 4
+    validation_path = tmp_path / "eval" / "validation" / "metrics.json"
+    scored_by_training = json.loads(validation_path.read_text())
     evaluated = run_main(*common, "--mode=evaluate", "--config.eval.split=validation")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.loads((tmp_path / "eval" / "validation" / "metrics.json").read_text())["num_examples"] == 173
+    assert "input.gamma: 1.0 -> 0.7; model.features: 4 -> 6" in evaluated.stderr
+    scored_again = json.loads(validation_path.read_text())
+    assert scored_again["num_examples"] == 173
+    for key in ("checkpoint_step", "dice", "iou", "auc_roc"):
+        assert scored_again[key] == pytest.approx(scored_by_training[key], abs=1e-6), key
 
 
 def test_main_rejects_misspelt_config_key_and_unknown_names(tmp_path):
