@@ -11,8 +11,9 @@ Usage:
 Any config field can be overridden: --config.model.name=unet --config.train.num_steps=2000.
 Training resumes automatically from the latest checkpoint in --workdir. The other modes apply
 the model as the workdir's config.json records it was trained (model, preprocessing, data
-selection; see retina_jax/run_config.py): only the fields named on the command line and the
-evaluation settings (eval, inference, predict, gradcam, parallel) come from the command.
+selection, best or latest checkpoint; see retina_jax/run_config.py): only the fields named on
+the command line and the invocation's settings (eval, inference, predict, gradcam, parallel)
+come from the command.
 """
 import logging as python_logging
 import os

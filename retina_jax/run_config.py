@@ -3,12 +3,12 @@ by evaluation, prediction and Grad-CAM so that they apply the model as it was tr
 
 Training writes the whole config (`record_config`). `--mode=evaluate|predict|gradcam` then
 start from it (`trained_config`): the model, its input preprocessing, the examples it trained
-and validated on (cross-validation fold included), its optimizer chain and how checkpoints were
-ranked come from the workdir, so a run trained with `--config.model.features=32
---config.input.gamma=0.8` is evaluated by `--mode=evaluate` without repeating them. Two kinds of
-field still come from the command: those that only describe this invocation (`INVOCATION_FIELDS`:
-which split, which inference, where outputs go, how many devices) and every field named on the
-command line, which wins over the record. Naming another `dataset.name` (a cross-dataset
+and validated on (cross-validation fold included), its optimizer chain, how checkpoints were
+ranked and which one is the model (best or latest) come from the workdir, so a run trained with
+`--config.model.features=32 --config.input.gamma=0.8` is evaluated by `--mode=evaluate` without
+repeating them. Two kinds of field still come from the command: those that only describe this
+invocation (`INVOCATION_FIELDS`: which split, which inference, where outputs go, how many
+devices) and every field named on the command line, which wins over the record. Naming another `dataset.name` (a cross-dataset
 evaluation) keeps the whole `dataset` group of the command: the trained run's paths and
 example selection belong to its own dataset.
 """
@@ -23,9 +23,12 @@ from absl import logging
 from retina_jax import io_utils
 
 CONFIG_FILE = "config.json"
-# Top-level fields that describe an invocation, not the trained model: kept from the command.
+# Top-level fields that describe an invocation, not the trained model: kept from the command...
 INVOCATION_FIELDS = ("conv", "compilation_cache_dir", "eval", "inference", "predict", "gradcam",
                      "parallel")
+# ... except which checkpoint is the model, which a recipe may choose (configs/drive.py:all_images
+# takes its latest: it has no held-out images to rank checkpoints by).
+RECIPE_FIELDS = ("eval.checkpoint",)
 
 
 def record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -47,7 +50,7 @@ def record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 def trained_config(config: ml_collections.ConfigDict, workdir: str | Path,
                    overridden: Iterable[str]) -> ml_collections.ConfigDict:
     """`config` with the fields of the run recorded in `workdir/config.json`, except the
-    `INVOCATION_FIELDS`, the dotted keys in `overridden` (those the command line set) and,
+    `INVOCATION_FIELDS` (but for the `RECIPE_FIELDS` among them), the dotted keys in `overridden` (those the command line set) and,
     when `overridden` names another dataset than the trained one, the `dataset` group.
     Returns `config` itself when the workdir holds no record (a workdir trained before records
     existed), with a warning. Raises ValueError naming the file and key when a recorded value
@@ -69,7 +72,8 @@ def trained_config(config: ml_collections.ConfigDict, workdir: str | Path,
     current = flatten_config(config)
     merged = copy.deepcopy(config)
     for key, value in recorded.items():
-        if key in overridden or key not in current or key.split(".")[0] in keep:
+        if key in overridden or key not in current or (key.split(".")[0] in keep
+                                                       and key not in RECIPE_FIELDS):
             continue
         *groups, leaf = key.split(".")
         parent = merged

@@ -19,6 +19,7 @@ def trained_fold_config():
     config.dataset.cross_validation.num_folds = 5
     config.dataset.cross_validation.fold = 2
     config.train.ema_decay = 0.99
+    config.eval.checkpoint = "latest"
     config.inference.flip_tta = False
     config.parallel.num_devices = 4
     config.conv = "xla"
@@ -38,6 +39,7 @@ def test_evaluation_applies_the_trained_fields_and_keeps_the_commands_own(tmp_pa
     assert merged.augment.crop_size == (48, 48) and isinstance(merged.augment.crop_size, tuple)
     assert (merged.dataset.cross_validation.num_folds, merged.dataset.cross_validation.fold) == (5, 2)
     assert merged.input.gamma == 0.5 and merged.eval.split == "test"
+    assert merged.eval.checkpoint == "latest", "which checkpoint is the model is the recipe's"
     # Invocation fields come from the command even where the record differs.
     assert merged.inference.flip_tta is True and merged.parallel.num_devices == 0 and merged.conv == "onednn"
     assert command.model.features == 4, "the command's config is left as it was"
