@@ -10,6 +10,7 @@ when complete (on object stores it writes `commit_success.txt` last instead). A 
 mid-save leaves only the temporary folder, which listing, resuming and evaluating ignore.
 """
 import contextlib
+import dataclasses
 import logging as python_logging
 import signal
 import threading
@@ -53,7 +54,8 @@ def create_manager(directory: str | Path, *, best_metric: str = "dice", best_mod
         cleanup_tmp_directories=remove_partial,
     )
     return ocp.CheckpointManager(Path(directory).resolve(), options=options,
-                                 item_names=("state", "run"))
+                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "run": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, run_info: dict,
@@ -125,9 +127,33 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
     abstract_state = jax.tree.map(
         lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding),
         target_state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return restored["state"], saved_info
+    target = restore_target(manager, step, abstract_state)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    if target is not abstract_state:
+        restored = target_state.replace(**restored)
+    return restored, saved_info
+
+
+def restore_target(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """What to restore checkpoint `step` into: `abstract_state` itself, or, for a checkpoint
+    written before the state (a dataclass) gained a field that holds nothing here (None, e.g.
+    TrainState.ema of a run without moving averages), a dict of the fields the checkpoint
+    holds; Orbax refuses a target with a field the checkpoint lacks, even an empty one. Raises
+    CheckpointMismatchError when a missing field holds arrays here."""
+    if not dataclasses.is_dataclass(abstract_state):
+        return abstract_state
+    saved_fields = set(manager.item_metadata(step)["state"].keys())
+    fields = {field.name: getattr(abstract_state, field.name) for field in dataclasses.fields(abstract_state)}
+    missing = fields.keys() - saved_fields
+    if not missing:
+        return abstract_state
+    needed = sorted(name for name in missing if fields[name] is not None)
+    if needed:
+        raise CheckpointMismatchError(
+            f"{manager.directory} holds a checkpoint (step {step}) without {needed}, which this run's "
+            "state needs: it was written by a run without them (e.g. `ema` without "
+            "config.train.ema_decay). Set the config as that run had it, or use another --workdir.")
+    return {name: value for name, value in fields.items() if name not in missing}
 
 
 def check_data_selection(saved_info: dict, run_info: dict, where: str) -> None:

@@ -42,8 +42,8 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     # With config.train.ema_decay > 0: exponential moving averages of `params` and
-    # `batch_stats` ({"params", "batch_stats"}), which evaluation uses; None (no leaves, so
-    # checkpoints keep their layout) otherwise.
+    # `batch_stats` ({"params", "batch_stats"}), which evaluation uses; None otherwise.
+    # Checkpoints written before this field existed restore (checkpoint.restore_target).
     ema: Any = None
 
 

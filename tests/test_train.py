@@ -234,6 +234,25 @@ def test_a_run_with_moving_averages_resumes_exactly_and_evaluates_them(smoke_con
         train.Experiment(smoke_config)
 
 
+def test_a_checkpoint_written_before_the_state_had_moving_averages_restores(smoke_config, tmp_path):
+    """Such a checkpoint holds step, params, batch_stats and opt_state only (no `ema` entry at
+    all): a run without moving averages restores it, one with them is refused by name."""
+    experiment = train.Experiment(smoke_config)
+    initial = experiment.initial_state
+    fields = {"step": initial.step + 3, "params": jax.tree.map(lambda leaf: leaf + 1, initial.params),
+              "batch_stats": initial.batch_stats, "opt_state": initial.opt_state}
+    manager = checkpoint.create_manager(tmp_path)
+    old_run_info = {key: value for key, value in experiment.run_info.items() if key != "optimizer"}
+    checkpoint.save(manager, 3, fields, old_run_info, metrics={"dice": 0.5})
+    restored, _ = checkpoint.restore(manager, 3, initial, experiment.run_info)
+    assert isinstance(restored, train.TrainState) and restored.ema is None and int(restored.step) == 3
+    jax.tree.map(np.testing.assert_array_equal, restored.params, jax.device_get(fields["params"]))
+    smoke_config.train.ema_decay = 0.5
+    averaging = train.Experiment(smoke_config)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"without \['ema'\].*ema_decay"):
+        checkpoint.restore(manager, 3, averaging.initial_state, averaging.run_info)
+
+
 def test_a_checkpoint_recorded_before_a_model_field_existed_matches_that_field_at_its_default():
     defaults = {"features": 16, "side_heads": False, "dtype": "float32"}
     saved = {"name": "unet", "features": 8, "dtype": "float32"}  # written before side_heads existed
