@@ -6,6 +6,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from configs import drive
@@ -51,6 +52,24 @@ def drive_dummy_config(tmp_path, arg):
 @pytest.fixture
 def drive_smoke(tmp_path):
     return drive_dummy_config(tmp_path, "smoke")
+
+
+def test_resized_evaluation_resizes_the_second_observer_with_the_first(drive_smoke):
+    """With input.resize (e.g. a CHASE_DB1 evaluation at DRIVE's scale), the second observer's
+    mask, kept beside the preprocessed example for the human reference, is resized too: it
+    was left at full size, and evaluation stopped on incompatible shapes."""
+    drive_smoke.input.resize = (64, 48)
+    builder = datasets.get_builder("drive", data_dir=drive_smoke.dataset.data_dir,
+                                   manual_dir=drive_smoke.dataset.manual_dir)
+    dataset, _ = pipeline.eval_dataset(builder, "test", drive_smoke, local_batch_size=2,
+                                       process_index=0, process_count=1)
+    batch = next(dataset.as_numpy_iterator())
+    assert {key: batch[key].shape for key in ("image", "mask", "fov", "mask2")} == {
+        "image": (2, 64, 48, 1), "mask": (2, 64, 48, 1), "fov": (2, 64, 48, 1), "mask2": (2, 64, 48, 1)}
+    second_observer = batch["mask2"][list(batch["has_mask2"]).index(True)]
+    assert set(np.unique(second_observer)) == {0, 1}
+    first_observer = batch["mask"][list(batch["has_mask2"]).index(True)]
+    assert 0.5 < np.mean(second_observer == first_observer) < 1.0
 
 
 def test_drive_config_options_combine_and_unknown_ones_are_named():

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from retina_jax.data.augment import augment_example
-from retina_jax.data.preprocess import black_level, preprocess_example
+from retina_jax.data.preprocess import black_level, preprocess_example, resize_example
 
 # Features that identify an evaluation example in per-case tables (kept when the dataset has them).
 CASE_KEYS = ("id", "subject", "bscan_index")
@@ -116,6 +116,8 @@ def _read_preprocessed(builder, selection: Selection, config, keep_keys: tuple[s
 
     def preprocess(example):
         kept_features = {key: example[key] for key in kept}
+        if config.input.resize:  # a kept mask (the second observer's) must match the resized one
+            kept_features = resize_example(kept_features, config.input.resize)
         if config.dataset.label_from_mask:
             example = mask_to_label(example)
         return {**preprocess_example(example, config.input), **kept_features}

@@ -151,6 +151,11 @@ def denoise(image: tf.Tensor, method: str) -> tf.Tensor:
     raise ValueError(f"config.input.denoise must be one of {DENOISERS}, got {method!r}.")
 
 
+# The masks `resize_example` resizes: the label, the FOV, and a second observer's annotation,
+# which evaluation keeps beside the preprocessed example (pipeline.SECOND_OBSERVER_KEYS).
+RESIZED_MASK_KEYS = ("mask", "fov", "mask2")
+
+
 def preprocess_example(example: dict, config) -> dict:
     """The model's view of one example; `config` is the config's `input` block."""
     if config.standardize not in STANDARDIZATIONS:
@@ -178,13 +183,14 @@ def preprocess_example(example: dict, config) -> dict:
 
 
 def resize_example(example: dict, size) -> dict:
-    """Every spatial key resized to `size` (height, width): the image bilinearly, the masks by
-    nearest neighbour (they stay binary). The aspect ratio is not kept."""
+    """Every spatial key resized to `size` (height, width): the image bilinearly, the masks
+    (`RESIZED_MASK_KEYS`) by nearest neighbour (they keep their values). The aspect ratio is not
+    kept."""
     resized = {}
     for key, value in example.items():
         if key == "image":
             resized[key] = tf.image.resize(value, size, method="bilinear")
-        elif key in ("mask", "fov"):
+        elif key in RESIZED_MASK_KEYS:
             resized[key] = tf.image.resize(value, size, method="nearest")
         else:
             resized[key] = value
