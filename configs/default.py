@@ -131,6 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.tile_batch = 4       # sliding_window: tiles per image per model call
     config.inference.flip_tta = False     # average over left-right / up-down mirror images
     config.inference.transpose_tta = False  # ... and over the transposed image (with flips: 8 views)
+    # The model sees images resized by this factor, its probabilities resized back (metrics stay
+    # at the images' resolution): another camera's images at the training images' scale.
+    config.inference.scale = 1.0
 
     # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
     # best checkpoint, with training's preprocessing.

@@ -13,7 +13,8 @@ Usage:
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=evaluate \
       --config.dataset.manual_dir=/data/DRIVE --config.eval.split=test      # the official test set
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=evaluate \
-      --config.dataset.name=chase_db1 --config.eval.split=train+validation  # cross-dataset
+      --config.dataset.name=chase_db1 --config.eval.split=train+validation \
+      --config.inference.scale=0.6        # cross-dataset, CHASE_DB1 seen at DRIVE's scale
   python -m retina_jax.main --config=configs/drive.py:smoke --workdir=/tmp/drive_smoke
 
 `configs/drive.py:all_images` trains the same recipe and step count on all 20 training images

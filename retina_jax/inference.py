@@ -13,6 +13,11 @@ cropped back. Flip test-time augmentation averages the probabilities of the imag
 left-right, up-down and both ways with those of the image itself; transpose TTA also averages
 in the transposed image's (rows and columns swapped), so that both together average over all 8
 rotations and reflections of a square (the dihedral group; 2x the model calls of flips alone).
+
+`scale` resamples: the model sees each image resized by that factor (bilinear) and its
+probabilities are resized back, so that metrics and saved maps keep the image's own resolution.
+A model trained at one camera's resolution sees another's vessels at the widths it learned
+(DRIVE -> CHASE_DB1: 0.6, the ratio of their field-of-view diameters; README, DRIVE).
 """
 import functools
 from typing import Callable
@@ -56,6 +61,20 @@ def with_transpose_tta(predict: Predict) -> Predict:
         transposed = predict(variables, jnp.swapaxes(images, 1, 2))
         return (predict(variables, images) + jnp.swapaxes(transposed, 1, 2)) / 2
     return predict_transposed
+
+
+def at_scale(predict: Predict, scale: float) -> Predict:
+    """`predict` applied to its input resized by `scale` (bilinear), its probabilities resized
+    back to the input's height and width."""
+    if scale <= 0:
+        raise ValueError(f"config.inference.scale must be positive, got {scale}.")
+
+    def predict_resampled(variables, images):
+        batch, height, width, channels = images.shape
+        scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        probabilities = predict(variables, jax.image.resize(images, (batch, *scaled_size, channels), "linear"))
+        return jax.image.resize(probabilities, (batch, height, width, probabilities.shape[-1]), "linear")
+    return predict_resampled
 
 
 def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
@@ -130,15 +149,15 @@ def sliding_window(predict: Predict, variables: dict, images: jax.Array, *, tile
 def make_predictor(model, config) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
-    `tile_batch`), with `flip_tta` and `transpose_tta`."""
+    `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`."""
     predict = model_probabilities(model)
     if config.flip_tta:
         predict = with_flip_tta(predict)
     if config.transpose_tta:
         predict = with_transpose_tta(predict)
-    if config.method == "whole":
-        return predict
     if config.method == "sliding_window":
-        return functools.partial(sliding_window, predict, tile_size=config.tile_size,
-                                 overlap=config.overlap, tile_batch=config.tile_batch)
-    raise ValueError(f"config.inference.method must be one of {METHODS}, got {config.method!r}.")
+        predict = functools.partial(sliding_window, predict, tile_size=config.tile_size,
+                                    overlap=config.overlap, tile_batch=config.tile_batch)
+    elif config.method != "whole":
+        raise ValueError(f"config.inference.method must be one of {METHODS}, got {config.method!r}.")
+    return predict if config.scale == 1 else at_scale(predict, config.scale)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import drive
 from retina_jax import datasets, train
@@ -110,11 +111,13 @@ def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
     assert again["validation_threshold"] == validation["best_threshold"]
     assert (validation_dir / "metrics.json").exists()
 
-    drive_smoke.dataset.name = "chase_db1"  # the DRIVE model on another dataset, any image size
+    drive_smoke.dataset.name = "chase_db1"  # the DRIVE model on another dataset, any image size,
     drive_smoke.dataset.manual_dir = str(CHASE_DUMMY)
+    drive_smoke.inference.scale = 0.6  # seen at DRIVE's scale, scored at its own
     cross = train.evaluate(drive_smoke, workdir)
     assert cross["num_examples"] == 1 and cross["validation_threshold"] == validation["best_threshold"]
-    assert (workdir / "eval" / "chase_db1" / "test" / "probabilities" / "Image_11L.png").exists()
+    probability_map = Image.open(workdir / "eval" / "chase_db1" / "test" / "probabilities" / "Image_11L.png")
+    assert probability_map.size == Image.open(CHASE_DUMMY / "images" / "Image_11L.jpg").size
     assert json.loads((workdir / "eval" / "test" / "metrics.json").read_text())["num_examples"] == 2
 
 
