@@ -8,9 +8,9 @@ ranked and which one is the model (best or latest) come from the workdir, so a r
 `--config.model.features=32 --config.input.gamma=0.8` is evaluated by `--mode=evaluate` without
 repeating them. Two kinds of field still come from the command: those that only describe this
 invocation (`INVOCATION_FIELDS`: which split, which inference, where outputs go, how many
-devices) and every field named on the command line, which wins over the record. Naming another `dataset.name` (a cross-dataset
-evaluation) keeps the whole `dataset` group of the command: the trained run's paths and
-example selection belong to its own dataset.
+devices) and every field named on the command line, which wins over the record. Naming another
+`dataset.name` (a cross-dataset evaluation) keeps the whole `dataset` group of the command: the
+trained run's paths and example selection belong to its own dataset.
 """
 import copy
 import json
@@ -50,8 +50,9 @@ def record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 def trained_config(config: ml_collections.ConfigDict, workdir: str | Path,
                    overridden: Iterable[str]) -> ml_collections.ConfigDict:
     """`config` with the fields of the run recorded in `workdir/config.json`, except the
-    `INVOCATION_FIELDS` (but for the `RECIPE_FIELDS` among them), the dotted keys in `overridden` (those the command line set) and,
-    when `overridden` names another dataset than the trained one, the `dataset` group.
+    `INVOCATION_FIELDS` (but for the `RECIPE_FIELDS` among them), the dotted keys in
+    `overridden` (those the command line set) and, when `overridden` names another dataset than
+    the trained one, the `dataset` group.
     Returns `config` itself when the workdir holds no record (a workdir trained before records
     existed), with a warning. Raises ValueError naming the file and key when a recorded value
     does not fit its field."""
@@ -104,11 +105,9 @@ def flatten_config(config: ml_collections.ConfigDict | dict) -> dict:
 
 def changed_fields(before: dict, after: dict) -> dict:
     """{dotted key: (before, after)} for every key whose value differs between two flat configs
-    (tuples and the lists JSON turns them into compare equal)."""
-    def comparable(value):
-        return list(value) if isinstance(value, tuple) else value
+    of the same kind (two JSON records, or two ConfigDicts)."""
     return {key: (before.get(key), after.get(key)) for key in before.keys() | after.keys()
-            if comparable(before.get(key)) != comparable(after.get(key))}
+            if before.get(key) != after.get(key)}
 
 
 def describe_changes(changed: dict) -> str:
