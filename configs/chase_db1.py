@@ -9,7 +9,8 @@ Usage:
   python -m retina_jax.main --config=configs/chase_db1.py --workdir=runs/chase_db1 --mode=evaluate \
       --config.dataset.manual_dir=/data/CHASEDB1 --config.eval.split=test   # children 11-14
 A DRIVE-trained model on CHASE_DB1 (cross-dataset) is configs/drive.py with
---config.dataset.name=chase_db1 (see configs/drive.py).
+--config.dataset.name=chase_db1 (see configs/drive.py): its inference.fov_diameter shows it
+CHASE_DB1 at DRIVE's scale; this config's (919) shows a CHASE_DB1 model DRIVE at CHASE_DB1's.
 """
 import ml_collections
 
@@ -19,6 +20,7 @@ from configs import drive
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = drive.get_config(arg)
     config.dataset.name = "chase_db1"
+    config.inference.fov_diameter = 919  # the median FOV width of the 20 shared images (893-921 px)
     if arg != "smoke":
         config.augment.crop_size = (96, 96)
         config.augment.patches_per_image = 64   # 16 train images, as in DRIVE, but larger patches

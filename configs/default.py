@@ -134,6 +134,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The model sees images resized by this factor, its probabilities resized back (metrics stay
     # at the images' resolution): another camera's images at the training images' scale.
     config.inference.scale = 1.0
+    # > 0: the scale is chosen from the images instead: this FOV diameter (px, as the model sees
+    # the images it was trained on) over the median FOV width of the split evaluated (of each
+    # image in --mode=predict). Datasets with FOV masks (drive, chase_db1); 0: off.
+    config.inference.fov_diameter = 0
 
     # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
     # best checkpoint, with training's preprocessing.

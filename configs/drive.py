@@ -13,8 +13,7 @@ Usage:
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=evaluate \
       --config.dataset.manual_dir=/data/DRIVE --config.eval.split=test      # the official test set
   python -m retina_jax.main --config=configs/drive.py --workdir=runs/drive --mode=evaluate \
-      --config.dataset.name=chase_db1 --config.eval.split=train+validation \
-      --config.inference.scale=0.6        # cross-dataset, CHASE_DB1 seen at DRIVE's scale
+      --config.dataset.name=chase_db1 --config.eval.split=train+validation  # cross-dataset
   python -m retina_jax.main --config=configs/drive.py:smoke --workdir=/tmp/drive_smoke
 
 `configs/drive.py:all_images` trains the same recipe and step count on all 20 training images
@@ -93,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.overlap = 0.25
     config.inference.tile_batch = 1
     config.inference.flip_tta = True
+    # The median FOV width of DRIVE's 20 training images (536-541 px): a DRIVE split is seen as
+    # it is (scale 1.0); another camera's images at DRIVE's scale (CHASE_DB1: 540 / 919 -> 0.6).
+    config.inference.fov_diameter = 540
 
     config.checkpoint.best_metric = "auc_roc"
 

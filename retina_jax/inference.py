@@ -18,6 +18,9 @@ rotations and reflections of a square (the dihedral group; 2x the model calls of
 probabilities are resized back, so that metrics and saved maps keep the image's own resolution.
 A model trained at one camera's resolution sees another's vessels at the widths it learned
 (DRIVE -> CHASE_DB1: 0.6, the ratio of their field-of-view diameters; README, DRIVE).
+`fov_diameter` chooses that factor from the images themselves: the model's field-of-view
+diameter (the FOV width, in the pixels it sees, of the images it was trained on) over the
+median FOV width of the split evaluated (`scale_to_fov`; per image in `--mode=predict`).
 """
 import functools
 from typing import Callable
@@ -34,6 +37,11 @@ METHODS = ("whole", "sliding_window")
 FLIP_AXES = ((), (2,), (1,), (1, 2))
 # Gaussian sigma as a fraction of the tile size (nnU-Net's 1/8).
 SIGMA_SCALE = 0.125
+# A field-of-view-derived scale is rounded to a multiple of this: a camera's FOV widths differ
+# by a few pixels (DRIVE: 536-541), which should neither resample a split of the training
+# camera (1.007 -> 1.0) nor compile another program per image; the vessel configs train with
+# zooms of up to 10%, so a 2.5% rounding error stays inside what the model has seen.
+FOV_SCALE_STEP = 0.05
 
 
 def model_probabilities(model) -> Predict:
@@ -75,6 +83,32 @@ def at_scale(predict: Predict, scale: float) -> Predict:
         probabilities = predict(variables, jax.image.resize(images, (batch, *scaled_size, channels), "linear"))
         return jax.image.resize(probabilities, (batch, height, width, probabilities.shape[-1]), "linear")
     return predict_resampled
+
+
+def fov_width(fov: np.ndarray) -> int:
+    """The field of view's width in pixels: the columns of an (H, W, 1) mask that hold any of
+    it. Its diameter, also where the camera cuts the FOV disc at the top and bottom."""
+    return int(np.count_nonzero(np.any(np.asarray(fov)[..., 0] > 0.5, axis=0)))
+
+
+def scale_to_fov(fov_diameter: float, fov_widths, *, source: str) -> float:
+    """The factor that brings the median of `fov_widths` (pixels) to `fov_diameter`, rounded to
+    a multiple of FOV_SCALE_STEP; `source` names the images in errors."""
+    widths = np.asarray(fov_widths, np.float64)
+    if widths.size == 0 or np.median(widths) <= 0:
+        raise ValueError(f"config.inference.fov_diameter={fov_diameter} scales images by their field of "
+                         f"view, but {source} has no field-of-view pixels.")
+    steps = round(float(fov_diameter / np.median(widths)) / FOV_SCALE_STEP)
+    return round(steps * FOV_SCALE_STEP, 6)  # 12 * 0.05 is 0.6000000000000001
+
+
+def check_scale_settings(config) -> None:
+    """`config` (the inference block) sets at most one of `scale` and `fov_diameter`."""
+    if config.fov_diameter < 0:
+        raise ValueError(f"config.inference.fov_diameter must be >= 0 (0: off), got {config.fov_diameter}.")
+    if config.fov_diameter and config.scale != 1:
+        raise ValueError(f"config.inference.scale={config.scale} and config.inference.fov_diameter="
+                         f"{config.fov_diameter} both choose the scale: set one (the other to 1.0 / 0).")
 
 
 def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
@@ -146,10 +180,12 @@ def sliding_window(predict: Predict, variables: dict, images: jax.Array, *, tile
     return (total / coverage)[:, :height, :width, None]
 
 
-def make_predictor(model, config) -> Predict:
+def make_predictor(model, config, scale: float | None = None) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
-    `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`."""
+    `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`
+    (`config.scale` when None; the caller's `scale_to_fov` with `config.fov_diameter`)."""
+    scale = config.scale if scale is None else scale
     predict = model_probabilities(model)
     if config.flip_tta:
         predict = with_flip_tta(predict)
@@ -160,4 +196,4 @@ def make_predictor(model, config) -> Predict:
                                     overlap=config.overlap, tile_batch=config.tile_batch)
     elif config.method != "whole":
         raise ValueError(f"config.inference.method must be one of {METHODS}, got {config.method!r}.")
-    return predict if config.scale == 1 else at_scale(predict, config.scale)
+    return predict if scale == 1 else at_scale(predict, scale)

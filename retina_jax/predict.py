@@ -13,8 +13,9 @@ file (`datasets.input_image`: the dataset's channel count; oct2017's 224x224 gre
 idrid_grading's Graham preprocessing), the one preprocessing of training and evaluation
 (`preprocess.preprocess_example` with config.input, resizing included), and evaluation's
 predictor (`inference.make_predictor` with config.inference: whole image or sliding window,
-flip TTA). Segmentation models are fully convolutional: inputs may have any size. Images are
-predicted one at a time (a new size compiles the model again).
+flip TTA; with config.inference.fov_diameter, each image at the scale its own FOV width gives).
+Segmentation models are fully convolutional: inputs may have any size. Images are predicted one
+at a time (a new size or scale compiles the model again).
 
 Field of view (datasets with a `fov` feature: drive, chase_db1), used as evaluation uses it (the
 per-image standardisation counts only its pixels; probabilities outside it are 0): the mask
@@ -24,7 +25,9 @@ config.predict.fov_dir when that is set, else `fundus.estimate_fov` (brightest c
 OUT/, segmentation:
   <stem>_probability.png  8-bit grey: round(255 x probability), at the input file's size
   <stem>_mask.png         8-bit: 255 where probability >= the threshold, else 0
-  predictions.csv         file, width, height, foreground_fraction (of the mask)
+  predictions.csv         file, width, height, foreground_fraction (of the mask),
+                          inference_scale (config.inference.scale, or with fov_diameter the
+                          image's own: fov_diameter / its FOV width)
 OUT/, classification:
   predictions.csv         file, predicted (class name), predicted_index, then p_<class> (softmax
                           head) or output (regression head; the grade is the number of
@@ -167,12 +170,25 @@ def original_size(probability: np.ndarray, height: int, width: int) -> np.ndarra
 def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Path) -> Callable:
     """(path, raw example, model input) -> its predictions.csv row, after writing
     <stem>_probability.png and <stem>_mask.png into `out_dir`."""
-    predict = jax.jit(inference.make_predictor(experiment.model, experiment.config.inference))
+    settings = experiment.config.inference
+    if settings.fov_diameter and "fov" not in experiment.builder.info.features:
+        raise ValueError(f"config.inference.fov_diameter={settings.fov_diameter} scales images by their "
+                         f"field of view, but dataset {experiment.config.dataset.name!r} has none; set it to 0.")
+    predictors = {}  # inference scale -> its jitted predictor
     variables = train.evaluation_variables(state)
     replicated = parallel.replicated(experiment.mesh)
 
+    def predictor(scale: float) -> Callable:
+        if scale not in predictors:
+            predictors[scale] = jax.jit(inference.make_predictor(experiment.model, settings, scale))
+        return predictors[scale]
+
     def predict_file(path: epath.Path, example: dict, image: np.ndarray) -> dict:
-        probability = np.asarray(predict(variables, jax.device_put(image, replicated)))[0]
+        scale = settings.scale
+        if settings.fov_diameter:  # the FOV's width in the pixels of the model's input
+            width = inference.fov_width(example["fov"]) * image.shape[2] / example["image"].shape[1]
+            scale = inference.scale_to_fov(settings.fov_diameter, [width], source=str(path))
+        probability = np.asarray(predictor(scale)(variables, jax.device_put(image, replicated)))[0]
         height, width = example["image"].shape[:2]
         probability = original_size(probability, height, width)
         if "fov" in example:
@@ -181,7 +197,7 @@ def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Pa
         io_utils.write_png(out_dir / f"{path.stem}_probability.png", viz.probability_map(probability))
         io_utils.write_png(out_dir / f"{path.stem}_mask.png", mask.astype(np.uint8) * 255)
         return {"file": path.name, "width": width, "height": height,
-                "foreground_fraction": round(float(mask.mean()), 6)}
+                "foreground_fraction": round(float(mask.mean()), 6), "inference_scale": scale}
 
     return predict_file
 

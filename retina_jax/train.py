@@ -15,7 +15,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import flax.struct
 import jax
@@ -270,6 +270,15 @@ def classification_eval_step(state: TrainState, batch: dict, *, model, head: str
     return classification.scores(outputs, head)
 
 
+class EvalData(NamedTuple):
+    """A split as `Experiment.evaluate` reads it: this process's batches, the batch count every
+    process runs, and (segmentation) the scale the model sees its images at (config.inference:
+    `scale`, or the one `fov_diameter` gives the split); None for classification."""
+    dataset: Any
+    num_batches: int
+    scale: float | None
+
+
 @dataclasses.dataclass
 class Evaluation:
     """One pass over a split: `metrics` (segmentation.summarize or classification.summarize),
@@ -329,15 +338,13 @@ class Experiment:
                               ema_decay=config.train.ema_decay),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
         if config.task == "classification":
-            self.eval_step = jax.jit(
+            self.classification_eval_step = jax.jit(
                 functools.partial(classification_eval_step, model=self.model,
                                   head=config.classification.head),
                 out_shardings=replicated)
         else:
-            self.eval_step = jax.jit(
-                functools.partial(eval_step, predict=inference.make_predictor(self.model, config.inference),
-                                  threshold=config.eval.threshold, num_bins=config.eval.num_bins),
-                out_shardings=(replicated, replicated, parallel.batch_sharded(self.mesh)))
+            inference.check_scale_settings(config.inference)
+            self.segmentation_eval_steps = {}  # inference scale -> its jitted eval_step
 
     def batch_loss(self) -> Callable:
         if self.config.task == "segmentation":
@@ -349,9 +356,44 @@ class Experiment:
     def local_batch_size(self, global_batch_size: int) -> int:
         return parallel.local_batch_size(global_batch_size, self.mesh)
 
-    def eval_data(self, split: str):
-        return pipeline.eval_dataset(self.builder, split, self.config,
-                                     local_batch_size=self.local_batch_size(self.config.eval.batch_size))
+    def segmentation_eval_step(self, scale: float) -> Callable:
+        """The jitted eval_step that predicts on images resized by `scale` (built once per scale)."""
+        if scale not in self.segmentation_eval_steps:
+            config = self.config
+            self.segmentation_eval_steps[scale] = jax.jit(
+                functools.partial(eval_step, predict=inference.make_predictor(self.model, config.inference, scale),
+                                  threshold=config.eval.threshold, num_bins=config.eval.num_bins),
+                out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh),
+                               parallel.batch_sharded(self.mesh)))
+        return self.segmentation_eval_steps[scale]
+
+    def eval_data(self, split: str) -> EvalData:
+        local_batch_size = self.local_batch_size(self.config.eval.batch_size)
+        dataset, num_batches = pipeline.eval_dataset(self.builder, split, self.config,
+                                                     local_batch_size=local_batch_size)
+        scale = None if self.config.task == "classification" else self.config.inference.scale
+        if self.config.task == "segmentation" and self.config.inference.fov_diameter:
+            scale = self.fov_scale(split, dataset, num_batches, local_batch_size)
+        return EvalData(dataset, num_batches, scale)
+
+    def fov_scale(self, split: str, dataset, num_batches: int, local_batch_size: int) -> float:
+        """inference.scale_to_fov of the split's FOV widths (every process's, so all of them
+        compile the same program)."""
+        diameter = self.config.inference.fov_diameter
+        if "fov" not in dataset.element_spec:
+            raise ValueError(f"config.inference.fov_diameter={diameter} scales images by their field of "
+                             f"view, but dataset {self.config.dataset.name!r} has no `fov` feature; set it to 0.")
+        widths, valid = [], []
+        for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
+            widths += [inference.fov_width(fov) for fov in batch["fov"]]
+            valid.append(batch["valid"])
+        gathered = gather_case_info({"width": np.asarray(widths, np.int64), "valid": np.concatenate(valid)})
+        split_widths = gathered["width"][gathered["valid"] > 0]
+        scale = inference.scale_to_fov(diameter, split_widths,
+                                       source=f"split {split!r} of {self.config.dataset.name!r}")
+        logging.info("%s %r: median FOV width %.0f px, the model's %d px: predicting at scale %.2f.",
+                     self.config.dataset.name, split, np.median(split_widths), diameter, scale)
+        return scale
 
     def evaluate(self, state: TrainState, eval_data, *, probability_dir: Path | None = None,
                  thresholds: np.ndarray | None = None) -> Evaluation:
@@ -363,13 +405,14 @@ class Experiment:
         """
         if self.config.task == "classification":
             return self.evaluate_classification(state, eval_data, thresholds)
-        dataset, num_batches = eval_data
+        dataset, num_batches, scale = eval_data
+        step_at_scale = self.segmentation_eval_step(scale)
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
         total, cases = None, []
         gallery = segmentation.Gallery(self.config.eval.num_overlays)
         for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
             model_inputs = {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
-            split_counts, example_counts, probabilities = self.eval_step(
+            split_counts, example_counts, probabilities = step_at_scale(
                 state, parallel.to_global_batch(model_inputs, self.mesh))
             total = metrics.accumulate(total, jax.device_get(split_counts))
             info = {key: batch[key] for key in (*pipeline.CASE_KEYS, "valid", "labelled") if key in batch}
@@ -390,12 +433,12 @@ class Experiment:
     def evaluate_classification(self, state: TrainState, eval_data,
                                 thresholds: np.ndarray | None) -> Evaluation:
         """Every example's scores, gathered in order on every process, then the split's metrics."""
-        dataset, num_batches = eval_data
+        dataset, num_batches, _ = eval_data
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
         score_parts, info_parts = [], []
         for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
-            batch_scores = self.eval_step(state, parallel.to_global_batch({"image": batch["image"]},
-                                                                          self.mesh))
+            batch_scores = self.classification_eval_step(
+                state, parallel.to_global_batch({"image": batch["image"]}, self.mesh))
             info = gather_case_info({key: batch[key] for key in (*pipeline.CASE_KEYS, "label", "valid")
                                      if key in batch})
             real = info.pop("valid") > 0
@@ -633,10 +676,10 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     threshold = None
     if config.eval.tune_threshold and not own_validation:
         threshold = validation_threshold(experiment, manager, workdir, step, trained_on)
+    eval_data = experiment.eval_data(split)
     evaluation = experiment.evaluate(
-        state, experiment.eval_data(split),
-        probability_dir=out_dir / "probabilities" if config.eval.save_probabilities else None)
-    results = {**evaluation.metrics, "checkpoint_step": step}
+        state, eval_data, probability_dir=out_dir / "probabilities" if config.eval.save_probabilities else None)
+    results = {**evaluation.metrics, "checkpoint_step": step, "inference_scale": eval_data.scale}
     labelled = results.get("labelled", True)
     if config.eval.tune_threshold and labelled:
         threshold = results["best_threshold"] if own_validation else threshold

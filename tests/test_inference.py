@@ -182,3 +182,37 @@ def test_make_predictor_resamples_the_whole_sliding_window_only_at_a_scale_other
     expected = inference.at_scale(pixelwise, 0.5)(VARIABLES, images)  # tiling a pixel-wise model is exact
     np.testing.assert_allclose(halved(VARIABLES, images), expected, rtol=1e-6)
     assert np.abs(np.asarray(expected) - np.asarray(pixelwise(VARIABLES, images))).max() > 0.05  # noise does not survive
+    explicit = inference.make_predictor(PixelwiseModel(), ml_collections.ConfigDict({**settings, "scale": 1.0}), 0.5)
+    np.testing.assert_allclose(explicit(VARIABLES, images), expected, rtol=1e-6)
+
+
+def disc(height: int, width: int, radius: float, centre_row: float) -> np.ndarray:
+    rows, columns = np.mgrid[:height, :width]
+    inside = (rows - centre_row) ** 2 + (columns - (width - 1) / 2) ** 2 <= radius ** 2
+    return inside[..., None].astype(np.uint8)
+
+
+def test_fov_width_is_the_discs_diameter_also_where_the_camera_cuts_it():
+    assert inference.fov_width(disc(60, 81, 20, 30)) == 41  # columns 40 +- 20: 20..60
+    cut_at_top_and_bottom = disc(30, 81, 20, 15)  # rows 15 +- 20 overflow the 30-row image
+    assert cut_at_top_and_bottom[0].any() and inference.fov_width(cut_at_top_and_bottom) == 41
+    assert inference.fov_width(np.zeros((5, 7, 1), np.uint8)) == 0
+
+
+def test_scale_to_fov_brings_the_median_width_to_the_models_and_rounds_it():
+    # DRIVE's 540 px over CHASE_DB1's 919 (0.5876...), whatever one odd image's width.
+    assert inference.scale_to_fov(540, [919, 918, 920, 893, 921], source="s") == 0.6
+    assert inference.scale_to_fov(540, [536, 536, 537], source="s") == 1.0  # the same camera: as it is
+    assert inference.scale_to_fov(919, [540], source="s") == 1.7
+    assert inference.scale_to_fov(540, [640], source="s") == 0.85  # 0.84375
+    with pytest.raises(ValueError, match="but split 'test' has no field-of-view pixels"):
+        inference.scale_to_fov(540, [0, 0], source="split 'test'")
+
+
+def test_scale_and_fov_diameter_are_not_set_together():
+    inference.check_scale_settings(ml_collections.ConfigDict({"scale": 0.6, "fov_diameter": 0}))
+    inference.check_scale_settings(ml_collections.ConfigDict({"scale": 1.0, "fov_diameter": 540}))
+    with pytest.raises(ValueError, match="scale=0.6 and config.inference.fov_diameter=540 both"):
+        inference.check_scale_settings(ml_collections.ConfigDict({"scale": 0.6, "fov_diameter": 540}))
+    with pytest.raises(ValueError, match="fov_diameter must be >= 0"):
+        inference.check_scale_settings(ml_collections.ConfigDict({"scale": 1.0, "fov_diameter": -1}))

@@ -3,6 +3,7 @@ the FOV, the validation-chosen threshold applied to test, the human reference, a
 cross-dataset evaluation on CHASE_DB1; plus where results and thresholds are read and written."""
 import csv
 import json
+import shutil
 import types
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import drive
-from retina_jax import datasets, train
+from retina_jax import datasets, predict, train
 from retina_jax.data import pipeline
 from retina_jax.datasets.chase_db1 import chase_db1_dataset_builder
 from retina_jax.datasets.drive import drive_dataset_builder
@@ -113,11 +114,24 @@ def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
 
     drive_smoke.dataset.name = "chase_db1"  # the DRIVE model on another dataset, any image size,
     drive_smoke.dataset.manual_dir = str(CHASE_DUMMY)
-    drive_smoke.inference.scale = 0.6  # seen at DRIVE's scale, scored at its own
     cross = train.evaluate(drive_smoke, workdir)
     assert cross["num_examples"] == 1 and cross["validation_threshold"] == validation["best_threshold"]
+    # Seen at DRIVE's scale (fov_diameter 540 over the dummy CHASE_DB1 FOV's 937 px: 0.576 -> 0.6),
+    # scored at its own.
+    assert cross["inference_scale"] == 0.6 and test["inference_scale"] == 1.0
     probability_map = Image.open(workdir / "eval" / "chase_db1" / "test" / "probabilities" / "Image_11L.png")
     assert probability_map.size == Image.open(CHASE_DUMMY / "images" / "Image_11L.jpg").size
+
+    # --mode=predict chooses each image's scale from its own FOV, as evaluation did the split's.
+    (tmp_path / "in").mkdir()
+    shutil.copy(CHASE_DUMMY / "images" / "Image_11L.jpg", tmp_path / "in")
+    drive_smoke.predict.update(input_dir=str(tmp_path / "in"), fov_dir=str(CHASE_DUMMY / "fov_mask"),
+                               output_dir=str(tmp_path / "out"))
+    predict.run(drive_smoke, str(workdir))
+    [row] = csv.DictReader((tmp_path / "out" / "predictions.csv").open())
+    assert float(row["inference_scale"]) == 0.6
+    predicted = np.asarray(Image.open(tmp_path / "out" / "Image_11L_probability.png"), np.int64)
+    assert np.abs(predicted - np.asarray(probability_map, np.int64)).max() <= 1
     assert json.loads((workdir / "eval" / "test" / "metrics.json").read_text())["num_examples"] == 2
 
 
