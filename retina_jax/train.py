@@ -552,6 +552,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     workdir = Path(workdir)
     experiment = Experiment(config)
+    validation = experiment.eval_data(config.dataset.validation_split)
+    check_validation_scale(config, validation.scale)  # before anything is written
     manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric,
                                         remove_partial=True)
     state, run_info = restore_or_initial(experiment, manager, manager.latest_step())
@@ -569,7 +571,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_batches: Iterator = pipeline.train_batches(
         experiment.builder, config, local_batch_size=experiment.local_batch_size(config.train.batch_size),
         start_step=start_step)
-    validation = experiment.eval_data(config.dataset.validation_split)
     gradcam_examples = gradcam.preview_examples(experiment) if config.gradcam.tensorboard else None
     schedule = learning_rate_schedule(config)
     train_seconds = run_info["train_seconds"]
@@ -698,6 +699,18 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     logging.info("Wrote metrics.json, per_case.csv, overlays.png (worst and best cases) and "
                  "curves in %s", out_dir)
     return results
+
+
+def check_validation_scale(config: ml_collections.ConfigDict, scale: float | None) -> None:
+    """Refuses a config.inference.fov_diameter that would resample the training camera's own
+    validation images: it is meant to be their FOV diameter as the model sees them (e.g. the
+    config's 540 after an `input.resize` that halves DRIVE's images)."""
+    if config.task == "segmentation" and config.inference.fov_diameter and scale != 1:
+        raise ValueError(
+            f"config.inference.fov_diameter={config.inference.fov_diameter} should be the FOV diameter of "
+            f"{config.dataset.name!r}'s images as the model sees them, but it would resample its validation "
+            f"split {config.dataset.validation_split!r} by {scale} (its median FOV width is logged above): "
+            "set --config.inference.fov_diameter to that width, or to 0.")
 
 
 def eval_dir(workdir: Path, dataset: str, trained_on: str, split: str) -> Path:

@@ -74,6 +74,16 @@ def test_resized_evaluation_resizes_the_second_observer_with_the_first(drive_smo
     assert 0.5 < np.mean(second_observer == first_observer) < 1.0
 
 
+def test_a_fov_diameter_that_would_resample_the_training_cameras_images_is_refused(drive_smoke, tmp_path):
+    drive_smoke.input.resize = (292, 282)  # DRIVE halved: its FOV is ~270 px as the model sees it
+    with pytest.raises(ValueError, match=r"fov_diameter=540 should be the FOV diameter of 'drive'.*"
+                                         r"validation split 'validation' by 2.0"):
+        train.train_and_evaluate(drive_smoke, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    drive_smoke.inference.fov_diameter = 270
+    assert train.Experiment(drive_smoke).eval_data("validation").scale == 1.0
+
+
 def test_drive_config_options_combine_and_unknown_ones_are_named():
     config = drive.get_config("all_images,smoke")
     assert config.dataset.train_split == "train+validation" and config.eval.checkpoint == "latest"
