@@ -383,7 +383,8 @@ def test_evaluate_writes_metrics_and_overlays_and_handles_unlabelled_split(smoke
 
     smoke_config.eval.split = "test"
     unlabelled = train.evaluate(smoke_config, tmp_path)
-    assert unlabelled == {"num_examples": 174, "labelled": False, "checkpoint_step": results["checkpoint_step"]}
+    assert unlabelled == {"num_examples": 174, "labelled": False, "checkpoint_step": results["checkpoint_step"],
+                          "inference_scale": 1.0}
 
 
 def test_one_step_on_one_device_equals_four_devices():
