@@ -185,9 +185,9 @@ def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Pa
 
     def predict_file(path: epath.Path, example: dict, image: np.ndarray) -> dict:
         scale = settings.scale
-        if settings.fov_diameter:  # the FOV's width in the pixels of the model's input
-            width = inference.fov_width(example["fov"]) * image.shape[2] / example["image"].shape[1]
-            scale = inference.scale_to_fov(settings.fov_diameter, [width], source=str(path))
+        if settings.fov_diameter:
+            width_seen = inference.fov_width(example["fov"]) * image.shape[2] / example["image"].shape[1]
+            scale = inference.scale_to_fov(settings.fov_diameter, [width_seen], source=str(path))
         probability = np.asarray(predictor(scale)(variables, jax.device_put(image, replicated)))[0]
         height, width = example["image"].shape[:2]
         probability = original_size(probability, height, width)
