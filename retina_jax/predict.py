@@ -42,7 +42,7 @@ config.eval.threshold (segmentation) or k - 0.5 (regression).
 
 Bad input (datasets/validate.py): a missing, empty or unreadable IN is an error naming it; a
 bad file (unreadable, corrupt or truncated, 16-bit, transparent, wrong channels, a FOV mask
-missing, of another size or not binary, too small for the preprocessing) is an error naming it
+missing, of another size, not binary or empty, too small for the preprocessing) is an error naming it
 and what was expected, or with config.predict.skip_bad_files it is left out and listed in
 skipped.csv (if every file is bad, that is an error either way). Every file is read and
 preprocessed once before the model is loaded (and again when it is predicted, so that memory
@@ -123,8 +123,14 @@ def input_reader(config: ml_collections.ConfigDict, builder) -> Callable[[epath.
         if not uses_fov:
             return {"image": image}
         if fov_files is None:
-            return {"image": image, "fov": fundus.estimate_fov(image)}
-        fov = image_pairs.read_mask(fov_mask_file(path, fov_files), image.shape[:2], image_path=path)
+            fov = fundus.estimate_fov(image)
+            source = f"no pixel is brighter than {fundus.FOV_THRESHOLD} (the estimated FOV)"
+        else:
+            fov_path = fov_mask_file(path, fov_files)
+            fov = image_pairs.read_mask(fov_path, image.shape[:2], image_path=path)
+            source = f"its mask {fov_path} is all 0"
+        if not fov.any():  # nothing would be predicted, nor standardised
+            raise validate.BadFileError(path, f"{path} has an empty field of view: {source}.")
         return {"image": image, "fov": fov}
 
     return read

@@ -161,6 +161,9 @@ CASES = {
     "missing sub-folder of the manual data": Case(
         "drive", lambda root, _: shutil.rmtree(root / "training" / "images"), FileNotFoundError,
         r"(?s)raw/training/images not found\.\n.*training/1st_manual/NN_manual1.gif"),
+    "empty FOV mask given to predict": Case(
+        "predict_fundus", lambda root, _: drive_shaped(root / "fov" / "01_test_mask.gif", np.zeros),
+        validate.BadFileError, r"in/01_test.tif has an empty field of view: its mask \S*fov/01_test_mask.gif is all 0"),
     "missing FOV mask given to predict": Case(
         "predict_fundus", lambda root, _: (root / "fov" / "02_test_mask.gif").unlink(),
         validate.BadFileError, r"in/02_test.tif has no field-of-view mask in the FOV folder: expected "
@@ -326,6 +329,11 @@ def test_predict_reads_and_preprocesses_fundus_images_as_evaluation_does(tmp_pat
     config.predict.fov_dir = ""
     estimated = predict.input_reader(config, drive_dummy_builder)(path)["fov"]
     assert np.mean(estimated == stored["fov"]) > 0.99
+    black = tmp_path / "black.png"
+    save_image(black, np.zeros((584, 565, 3)))
+    with pytest.raises(validate.BadFileError, match=r"black.png has an empty field of view: no pixel is "
+                                                    r"brighter than 15 \(the estimated FOV\)"):
+        predict.input_reader(config, drive_dummy_builder)(epath.Path(black))
 
 
 def run_main(*flags: str) -> subprocess.CompletedProcess:
