@@ -123,14 +123,12 @@ def input_reader(config: ml_collections.ConfigDict, builder) -> Callable[[epath.
         if not uses_fov:
             return {"image": image}
         if fov_files is None:
-            fov = fundus.estimate_fov(image)
-            source = f"no pixel is brighter than {fundus.FOV_THRESHOLD} (the estimated FOV)"
+            fov = fundus.require_fov(fundus.estimate_fov(image), path, f"no pixel is brighter than "
+                                     f"{fundus.FOV_THRESHOLD} (the estimated FOV)")
         else:
             fov_path = fov_mask_file(path, fov_files)
-            fov = image_pairs.read_mask(fov_path, image.shape[:2], image_path=path)
-            source = f"its mask {fov_path} is all 0"
-        if not fov.any():  # nothing would be predicted, nor standardised
-            raise validate.BadFileError(path, f"{path} has an empty field of view: {source}.")
+            fov = fundus.require_fov(image_pairs.read_mask(fov_path, image.shape[:2], image_path=path),
+                                     path, f"its mask {fov_path} is all 0")
         return {"image": image, "fov": fov}
 
     return read

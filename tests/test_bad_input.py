@@ -161,6 +161,9 @@ CASES = {
     "missing sub-folder of the manual data": Case(
         "drive", lambda root, _: shutil.rmtree(root / "training" / "images"), FileNotFoundError,
         r"(?s)raw/training/images not found\.\n.*training/1st_manual/NN_manual1.gif"),
+    "empty FOV mask": Case(
+        "drive", lambda root, _: drive_shaped(root / "training" / "mask" / "22_training_mask.gif", np.zeros),
+        validate.BadFileError, r"22_training.tif has an empty field of view: its mask \S*22_training_mask.gif is all 0"),
     "empty FOV mask given to predict": Case(
         "predict_fundus", lambda root, _: drive_shaped(root / "fov" / "01_test_mask.gif", np.zeros),
         validate.BadFileError, r"in/01_test.tif has an empty field of view: its mask \S*fov/01_test_mask.gif is all 0"),

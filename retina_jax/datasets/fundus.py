@@ -65,12 +65,20 @@ def example(case: Case, image_shape: tuple[int, int, int], dataset: str) -> dict
     return {
         "image": image,
         "mask": mask(case.manual),
-        "fov": mask(case.fov),
+        "fov": require_fov(mask(case.fov), case.image, f"its mask {case.fov} is all 0"),
         "mask2": mask(case.manual2),
         "has_mask2": case.manual2 is not None,
         "labelled": case.manual is not None,
         "id": case.id,
     }
+
+
+def require_fov(fov: np.ndarray, image_path, source: str) -> np.ndarray:
+    """`fov`; a BadFileError naming `image_path` and `source` (why) when it holds no pixel: such
+    an image has nothing to score, to draw patches from, or to standardise over."""
+    if not fov.any():
+        raise validate.BadFileError(image_path, f"{image_path} has an empty field of view: {source}.")
+    return fov
 
 
 def estimate_fov(image: np.ndarray, threshold: int = FOV_THRESHOLD) -> np.ndarray:
