@@ -174,10 +174,7 @@ def original_size(probability: np.ndarray, height: int, width: int) -> np.ndarra
 def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Path) -> Callable:
     """(path, raw example, model input) -> its predictions.csv row, after writing
     <stem>_probability.png and <stem>_mask.png into `out_dir`."""
-    settings = experiment.config.inference
-    if settings.fov_diameter and "fov" not in experiment.builder.info.features:
-        raise ValueError(f"config.inference.fov_diameter={settings.fov_diameter} scales images by their "
-                         f"field of view, but dataset {experiment.config.dataset.name!r} has none; set it to 0.")
+    settings = experiment.config.inference  # Experiment has checked its scale settings
     predictors = {}  # inference scale -> its jitted predictor
     variables = train.evaluation_variables(state)
     replicated = parallel.replicated(experiment.mesh)

@@ -344,6 +344,9 @@ class Experiment:
                 out_shardings=replicated)
         else:
             inference.check_scale_settings(config.inference)
+            if config.inference.fov_diameter and "fov" not in self.builder.info.features:
+                raise ValueError(f"config.inference.fov_diameter={config.inference.fov_diameter} scales images "
+                                 f"by their field of view, but dataset {config.dataset.name!r} has none; set it to 0.")
             self.segmentation_eval_steps = {}  # inference scale -> its jitted eval_step
 
     def batch_loss(self) -> Callable:
@@ -371,18 +374,16 @@ class Experiment:
         local_batch_size = self.local_batch_size(self.config.eval.batch_size)
         dataset, num_batches = pipeline.eval_dataset(self.builder, split, self.config,
                                                      local_batch_size=local_batch_size)
-        scale = None if self.config.task == "classification" else self.config.inference.scale
-        if self.config.task == "segmentation" and self.config.inference.fov_diameter:
-            scale = self.fov_scale(split, dataset, num_batches, local_batch_size)
-        return EvalData(dataset, num_batches, scale)
+        if self.config.task == "classification":
+            return EvalData(dataset, num_batches, None)
+        if self.config.inference.fov_diameter:
+            return EvalData(dataset, num_batches, self.fov_scale(split, dataset, num_batches, local_batch_size))
+        return EvalData(dataset, num_batches, self.config.inference.scale)
 
     def fov_scale(self, split: str, dataset, num_batches: int, local_batch_size: int) -> float:
         """inference.scale_to_fov of the split's FOV widths (every process's, so all of them
         compile the same program)."""
         diameter = self.config.inference.fov_diameter
-        if "fov" not in dataset.element_spec:
-            raise ValueError(f"config.inference.fov_diameter={diameter} scales images by their field of "
-                             f"view, but dataset {self.config.dataset.name!r} has no `fov` feature; set it to 0.")
         widths, valid = [], []
         for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
             widths += [inference.fov_width(fov) for fov in batch["fov"]]
