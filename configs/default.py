@@ -54,6 +54,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.gamma = 1.0         # grey -> 255 * (grey / 255) ** gamma; 1 = off
     config.input.standardize = "dataset"  # dataset: with mean/std above; image: per image (over its FOV)
     config.input.resize = placeholder(tuple)  # (height, width) every image is resized to; None = as stored
+    # > 0: the model sees every image resampled so that its field of view is this many pixels
+    # across (the median FOV width of the split read; of each image in --mode=predict): training
+    # crops are drawn at that scale, evaluation predicts at it and resizes the probabilities back
+    # (metrics stay at the images' resolution). A model so trained sees any camera's vessels at
+    # the widths it learned them. Datasets with FOV masks (drive, chase_db1); 0: off.
+    config.input.fov_diameter = 0
 
     config.augment = ml_collections.ConfigDict()
     config.augment.hflip = True
@@ -132,12 +138,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.flip_tta = False     # average over left-right / up-down mirror images
     config.inference.transpose_tta = False  # ... and over the transposed image (with flips: 8 views)
     # The model sees images resized by this factor, its probabilities resized back (metrics stay
-    # at the images' resolution): another camera's images at the training images' scale.
+    # at the images' resolution): another camera's images at the training images' scale. A fixed
+    # factor for this evaluation; config.input.fov_diameter chooses it from the images instead.
     config.inference.scale = 1.0
-    # > 0: the scale is chosen from the images instead: this FOV diameter (px, as the model sees
-    # the images it was trained on) over the median FOV width of the split evaluated (of each
-    # image in --mode=predict). Datasets with FOV masks (drive, chase_db1); 0: off.
-    config.inference.fov_diameter = 0
 
     # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
     # best checkpoint, with training's preprocessing.

@@ -18,9 +18,10 @@ rotations and reflections of a square (the dihedral group; 2x the model calls of
 probabilities are resized back, so that metrics and saved maps keep the image's own resolution.
 A model trained at one camera's resolution sees another's vessels at the widths it learned
 (DRIVE -> CHASE_DB1: 0.6, the ratio of their field-of-view diameters; README, DRIVE).
-`fov_diameter` chooses that factor from the images themselves: the model's field-of-view
-diameter (the FOV width, in the pixels it sees, of the images it was trained on) over the
-median FOV width of the split evaluated (`scale_to_fov`; per image in `--mode=predict`).
+`config.input.fov_diameter` chooses that factor from the images themselves: the field-of-view
+diameter the model was trained at over the median FOV width of the split evaluated
+(`scale_to_fov`; per image in `--mode=predict`). Training draws its crops at the same scale
+(`data.augment`'s `resolution`), so evaluation shows a model its training resolution.
 """
 import functools
 from typing import Callable
@@ -96,19 +97,20 @@ def scale_to_fov(fov_diameter: float, fov_widths, *, source: str) -> float:
     a multiple of FOV_SCALE_STEP; `source` names the images in errors."""
     widths = np.asarray(fov_widths, np.float64)
     if widths.size == 0 or np.median(widths) <= 0:
-        raise ValueError(f"config.inference.fov_diameter={fov_diameter} scales images by their field of "
+        raise ValueError(f"config.input.fov_diameter={fov_diameter} scales images by their field of "
                          f"view, but {source} has no field-of-view pixels.")
     steps = round(float(fov_diameter / np.median(widths)) / FOV_SCALE_STEP)
     return round(steps * FOV_SCALE_STEP, 6)  # 12 * 0.05 is 0.6000000000000001
 
 
 def check_scale_settings(config) -> None:
-    """`config` (the inference block) sets at most one of `scale` and `fov_diameter`."""
-    if config.fov_diameter < 0:
-        raise ValueError(f"config.inference.fov_diameter must be >= 0 (0: off), got {config.fov_diameter}.")
-    if config.fov_diameter and config.scale != 1:
-        raise ValueError(f"config.inference.scale={config.scale} and config.inference.fov_diameter="
-                         f"{config.fov_diameter} both choose the scale: set one (the other to 1.0 / 0).")
+    """`config` sets at most one of `inference.scale` and `input.fov_diameter`."""
+    scale, fov_diameter = config.inference.scale, config.input.fov_diameter
+    if fov_diameter < 0:
+        raise ValueError(f"config.input.fov_diameter must be >= 0 (0: off), got {fov_diameter}.")
+    if fov_diameter and scale != 1:
+        raise ValueError(f"config.inference.scale={scale} and config.input.fov_diameter={fov_diameter} "
+                         "both choose the scale: set one (the other to 1.0 / 0).")
 
 
 def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
@@ -184,7 +186,7 @@ def make_predictor(model, config, scale: float | None = None) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
     `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`
-    (`config.scale` when None; the caller's `scale_to_fov` with `config.fov_diameter`)."""
+    (`config.scale` when None; the caller's `scale_to_fov` with `config.input.fov_diameter`)."""
     scale = config.scale if scale is None else scale
     predict = model_probabilities(model)
     if config.flip_tta:

@@ -13,7 +13,7 @@ file (`datasets.input_image`: the dataset's channel count; oct2017's 224x224 gre
 idrid_grading's Graham preprocessing), the one preprocessing of training and evaluation
 (`preprocess.preprocess_example` with config.input, resizing included), and evaluation's
 predictor (`inference.make_predictor` with config.inference: whole image or sliding window,
-flip TTA; with config.inference.fov_diameter, each image at the scale its own FOV width gives).
+flip TTA; with config.input.fov_diameter, each image at the scale its own FOV width gives).
 Segmentation models are fully convolutional: inputs may have any size. Images are predicted one
 at a time (a new size or scale compiles the model again).
 
@@ -26,8 +26,8 @@ OUT/, segmentation:
   <stem>_probability.png  8-bit grey: round(255 x probability), at the input file's size
   <stem>_mask.png         8-bit: 255 where probability >= the threshold, else 0
   predictions.csv         file, width, height, foreground_fraction (of the mask),
-                          inference_scale (config.inference.scale, or with fov_diameter the
-                          image's own: fov_diameter / its FOV width)
+                          inference_scale (config.inference.scale, or with config.input.
+                          fov_diameter the image's own: fov_diameter / its FOV width)
 OUT/, classification:
   predictions.csv         file, predicted (class name), predicted_index, then p_<class> (softmax
                           head) or output (regression head; the grade is the number of
@@ -174,7 +174,8 @@ def original_size(probability: np.ndarray, height: int, width: int) -> np.ndarra
 def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Path) -> Callable:
     """(path, raw example, model input) -> its predictions.csv row, after writing
     <stem>_probability.png and <stem>_mask.png into `out_dir`."""
-    settings = experiment.config.inference  # Experiment has checked its scale settings
+    # Experiment has checked the scale settings.
+    settings, fov_diameter = experiment.config.inference, experiment.config.input.fov_diameter
     predictors = {}  # inference scale -> its jitted predictor
     variables = train.evaluation_variables(state)
     replicated = parallel.replicated(experiment.mesh)
@@ -186,9 +187,9 @@ def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Pa
 
     def predict_file(path: epath.Path, example: dict, image: np.ndarray) -> dict:
         scale = settings.scale
-        if settings.fov_diameter:
+        if fov_diameter:
             width_seen = inference.fov_width(example["fov"]) * image.shape[2] / example["image"].shape[1]
-            scale = inference.scale_to_fov(settings.fov_diameter, [width_seen], source=str(path))
+            scale = inference.scale_to_fov(fov_diameter, [width_seen], source=str(path))
         probability = np.asarray(predictor(scale)(variables, jax.device_put(image, replicated)))[0]
         height, width = example["image"].shape[:2]
         probability = original_size(probability, height, width)

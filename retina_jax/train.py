@@ -272,8 +272,8 @@ def classification_eval_step(state: TrainState, batch: dict, *, model, head: str
 
 class EvalData(NamedTuple):
     """A split as `Experiment.evaluate` reads it: this process's batches, the batch count every
-    process runs, and (segmentation) the scale the model sees its images at (config.inference:
-    `scale`, or the one `fov_diameter` gives the split); None for classification."""
+    process runs, and (segmentation) the scale the model sees its images at (config.inference.scale,
+    or the one config.input.fov_diameter gives the split); None for classification."""
     dataset: Any
     num_batches: int
     scale: float | None
@@ -343,9 +343,9 @@ class Experiment:
                                   head=config.classification.head),
                 out_shardings=replicated)
         else:
-            inference.check_scale_settings(config.inference)
-            if config.inference.fov_diameter and "fov" not in self.builder.info.features:
-                raise ValueError(f"config.inference.fov_diameter={config.inference.fov_diameter} scales images "
+            inference.check_scale_settings(config)
+            if config.input.fov_diameter and "fov" not in self.builder.info.features:
+                raise ValueError(f"config.input.fov_diameter={config.input.fov_diameter} scales images "
                                  f"by their field of view, but dataset {config.dataset.name!r} has none; set it to 0.")
             self.segmentation_eval_steps = {}  # inference scale -> its jitted eval_step
 
@@ -376,25 +376,32 @@ class Experiment:
                                                      local_batch_size=local_batch_size)
         if self.config.task == "classification":
             return EvalData(dataset, num_batches, None)
-        if self.config.inference.fov_diameter:
-            return EvalData(dataset, num_batches, self.fov_scale(split, dataset, num_batches, local_batch_size))
+        if self.config.input.fov_diameter:
+            return EvalData(dataset, num_batches, self.fov_scale(split, "predicting"))
         return EvalData(dataset, num_batches, self.config.inference.scale)
 
-    def fov_scale(self, split: str, dataset, num_batches: int, local_batch_size: int) -> float:
-        """inference.scale_to_fov of the split's FOV widths (every process's, so all of them
-        compile the same program)."""
-        diameter = self.config.inference.fov_diameter
-        widths, valid = [], []
-        for batch in pipeline.padded_batches(dataset, num_batches, local_batch_size):
-            widths += [inference.fov_width(fov) for fov in batch["fov"]]
-            valid.append(batch["valid"])
-        gathered = gather_case_info({"width": np.asarray(widths, np.int64), "valid": np.concatenate(valid)})
-        split_widths = gathered["width"][gathered["valid"] > 0]
-        scale = inference.scale_to_fov(diameter, split_widths,
-                                       source=f"split {split!r} of {self.config.dataset.name!r}")
-        logging.info("%s %r: median FOV width %.0f px, the model's %d px: predicting at scale %.2f.",
-                     self.config.dataset.name, split, np.median(split_widths), diameter, scale)
+    def fov_scale(self, split: str, purpose: str) -> float:
+        """inference.scale_to_fov of the FOV widths of the whole split (every process reads them
+        all, so all of them compile the same program); `purpose` words the log line."""
+        diameter = self.config.input.fov_diameter
+        widths = [inference.fov_width(fov) for fov in pipeline.fov_masks(self.builder, split, self.config)]
+        scale = inference.scale_to_fov(diameter, widths, source=f"split {split!r} of {self.config.dataset.name!r}")
+        logging.info("%s %r: median FOV width %.0f px, the model's %d px: %s at scale %.2f.",
+                     self.config.dataset.name, split, np.median(widths), diameter, purpose, scale)
         return scale
+
+    def training_resolution(self) -> float:
+        """The scale training crops are drawn at (pipeline.train_batches' `resolution`): the one
+        config.input.fov_diameter gives the train split, else 1 (the images as stored)."""
+        config = self.config
+        if config.task != "segmentation" or not config.input.fov_diameter:
+            return 1.0
+        resolution = self.fov_scale(config.dataset.train_split, "training")
+        if resolution != 1 and not config.augment.crop_size:
+            raise ValueError(f"config.input.fov_diameter={config.input.fov_diameter} trains on the split "
+                             f"{config.dataset.train_split!r} seen at scale {resolution}, which is drawn as "
+                             "crops: set config.augment.crop_size.")
+        return resolution
 
     def evaluate(self, state: TrainState, eval_data, *, probability_dir: Path | None = None,
                  thresholds: np.ndarray | None = None) -> Evaluation:
@@ -553,8 +560,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     workdir = Path(workdir)
     experiment = Experiment(config)
+    resolution = experiment.training_resolution()  # refuses a bad setting before anything is written
     validation = experiment.eval_data(config.dataset.validation_split)
-    check_validation_scale(config, validation.scale)  # before anything is written
     manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric,
                                         remove_partial=True)
     state, run_info = restore_or_initial(experiment, manager, manager.latest_step())
@@ -571,7 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     train_batches: Iterator = pipeline.train_batches(
         experiment.builder, config, local_batch_size=experiment.local_batch_size(config.train.batch_size),
-        start_step=start_step)
+        start_step=start_step, resolution=resolution)
     gradcam_examples = gradcam.preview_examples(experiment) if config.gradcam.tensorboard else None
     schedule = learning_rate_schedule(config)
     train_seconds = run_info["train_seconds"]
@@ -700,18 +707,6 @@ def evaluate_checkpoint(experiment: Experiment, manager, split: str, workdir: Pa
     logging.info("Wrote metrics.json, per_case.csv, overlays.png (worst and best cases) and "
                  "curves in %s", out_dir)
     return results
-
-
-def check_validation_scale(config: ml_collections.ConfigDict, scale: float | None) -> None:
-    """Refuses a config.inference.fov_diameter that would resample the training camera's own
-    validation images: it is meant to be their FOV diameter as the model sees them (e.g. the
-    config's 540 after an `input.resize` that halves DRIVE's images)."""
-    if config.task == "segmentation" and config.inference.fov_diameter and scale != 1:
-        raise ValueError(
-            f"config.inference.fov_diameter={config.inference.fov_diameter} should be the FOV diameter of "
-            f"{config.dataset.name!r}'s images as the model sees them, but it would resample its validation "
-            f"split {config.dataset.validation_split!r} by {scale} (its median FOV width is logged above): "
-            "set --config.inference.fov_diameter to that width, or to 0.")
 
 
 def eval_dir(workdir: Path, dataset: str, trained_on: str, split: str) -> Path:

@@ -209,10 +209,14 @@ def test_scale_to_fov_brings_the_median_width_to_the_models_and_rounds_it():
         inference.scale_to_fov(540, [0, 0], source="split 'test'")
 
 
+def scale_settings(scale: float, fov_diameter: float) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"inference": {"scale": scale}, "input": {"fov_diameter": fov_diameter}})
+
+
 def test_scale_and_fov_diameter_are_not_set_together():
-    inference.check_scale_settings(ml_collections.ConfigDict({"scale": 0.6, "fov_diameter": 0}))
-    inference.check_scale_settings(ml_collections.ConfigDict({"scale": 1.0, "fov_diameter": 540}))
-    with pytest.raises(ValueError, match="scale=0.6 and config.inference.fov_diameter=540 both"):
-        inference.check_scale_settings(ml_collections.ConfigDict({"scale": 0.6, "fov_diameter": 540}))
-    with pytest.raises(ValueError, match="fov_diameter must be >= 0"):
-        inference.check_scale_settings(ml_collections.ConfigDict({"scale": 1.0, "fov_diameter": -1}))
+    inference.check_scale_settings(scale_settings(0.6, 0))
+    inference.check_scale_settings(scale_settings(1.0, 540))
+    with pytest.raises(ValueError, match="inference.scale=0.6 and config.input.fov_diameter=540 both"):
+        inference.check_scale_settings(scale_settings(0.6, 540))
+    with pytest.raises(ValueError, match="input.fov_diameter must be >= 0"):
+        inference.check_scale_settings(scale_settings(1.0, -1))

@@ -15,6 +15,7 @@ def trained_fold_config():
     config = drive.get_config("smoke")
     config.model.features = 6
     config.input.gamma = 0.8
+    config.input.fov_diameter = 810
     config.augment.crop_size = (48, 48)
     config.dataset.cross_validation.num_folds = 5
     config.dataset.cross_validation.fold = 2
@@ -58,6 +59,7 @@ def test_naming_another_dataset_keeps_the_commands_dataset_group(tmp_path):
     assert cross_dataset.dataset.to_dict() == command.dataset.to_dict()
     assert cross_dataset.dataset.cross_validation.num_folds == 0
     assert cross_dataset.model.features == 6 and cross_dataset.input.gamma == 0.8
+    assert cross_dataset.input.fov_diameter == 810, "another camera is seen at the trained scale"
     command.dataset.name = "drive"
     same_dataset = run_config.trained_config(command, tmp_path, overridden={"dataset.name": "drive"})
     assert same_dataset.dataset.cross_validation.fold == 2

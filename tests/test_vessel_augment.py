@@ -41,6 +41,28 @@ def test_crops_are_centred_inside_the_field_of_view():
     assert sum(in_disc) < 20  # without a FOV, centres fall anywhere
 
 
+def test_crops_at_a_resolution_show_the_image_that_many_times_as_large():
+    """The image holds each pixel's own (row, col): a bilinear crop reads the point it samples."""
+    example = disc_example()
+    rows, cols = np.mgrid[0:40, 0:40].astype(np.float32)
+    example["image"] = tf.constant(np.stack([rows, cols], axis=-1))
+    disc = example["fov"].numpy()[..., 0]
+    for rotation in (0.0, 45.0):
+        out = crop(example, 3, resolution=2.0, rotation=rotation)
+        points = out["image"].numpy()
+        # Neighbouring output pixels sample points half an image pixel apart, at right angles.
+        down, right = points[1, 0] - points[0, 0], points[0, 1] - points[0, 0]
+        np.testing.assert_allclose([np.linalg.norm(down), np.linalg.norm(right), down @ right], [0.5, 0.5, 0.0],
+                                   atol=1e-4)
+        np.testing.assert_allclose(np.diff(points, axis=0), np.broadcast_to(down, (7, 8, 2)), atol=1e-3)
+        np.testing.assert_allclose(np.diff(points, axis=1), np.broadcast_to(right, (8, 7, 2)), atol=1e-3)
+        # The FOV is read by nearest neighbour at the same points.
+        nearest = np.round(points).astype(int)
+        np.testing.assert_array_equal(out["fov"].numpy()[..., 0], disc[nearest[..., 0], nearest[..., 1]])
+    with pytest.raises(ValueError, match="resolution 2.0 need an output size"):
+        crop(example, 3, resolution=2.0, out_size=None)
+
+
 def test_point_inside_falls_back_to_the_last_draw_when_the_region_is_empty():
     low, high = tf.constant([0.0, 0.0]), tf.constant([10.0, 10.0])
     point = augment.point_inside(tf.zeros((10, 10, 1)), tf.constant([1, 2], tf.int64), low, high)

@@ -74,14 +74,19 @@ def test_resized_evaluation_resizes_the_second_observer_with_the_first(drive_smo
     assert 0.5 < np.mean(second_observer == first_observer) < 1.0
 
 
-def test_a_fov_diameter_that_would_resample_the_training_cameras_images_is_refused(drive_smoke, tmp_path):
-    drive_smoke.input.resize = (292, 282)  # DRIVE halved: its FOV is ~270 px as the model sees it
-    with pytest.raises(ValueError, match=r"fov_diameter=540 should be the FOV diameter of 'drive'.*"
-                                         r"validation split 'validation' by 2.0"):
+def test_a_fov_diameter_trains_and_validates_at_the_scale_it_gives_the_split(drive_smoke, tmp_path):
+    drive_smoke.input.fov_diameter = 1080  # twice the dummy DRIVE FOV's width (a disc of radius 270: 541 px)
+    experiment = train.Experiment(drive_smoke)
+    assert experiment.training_resolution() == 2.0
+    assert experiment.eval_data("validation").scale == 2.0
+    batch = next(pipeline.train_batches(experiment.builder, drive_smoke, local_batch_size=2, start_step=0,
+                                        resolution=2.0))
+    assert batch["image"].shape == (2, 32, 32, 1) and set(np.unique(batch["fov"])) <= {0.0, 1.0}
+    drive_smoke.augment.crop_size = None  # whole images cannot be trained on at another scale
+    with pytest.raises(ValueError, match=r"fov_diameter=1080 trains on the split 'train' seen at scale 2.0, "
+                                         r"which is drawn as crops: set config.augment.crop_size"):
         train.train_and_evaluate(drive_smoke, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    drive_smoke.inference.fov_diameter = 270
-    assert train.Experiment(drive_smoke).eval_data("validation").scale == 1.0
 
 
 def test_drive_config_options_combine_and_unknown_ones_are_named():

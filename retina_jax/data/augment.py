@@ -103,11 +103,13 @@ def crop_center(mask: tf.Tensor, seed: tf.Tensor, *, box_size: tf.Tensor,
 
 def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int] | None,
                      scale: float, shift: float, positive_fraction: float, fill_value: float,
-                     rotation: float = 0.0, elastic: float = 0.0, elastic_spacing: int = 16) -> dict:
-    """Resamples a box of `out_size * zoom` (zoom log-uniform in [1/(1+scale), 1+scale]), turned
-    by an angle uniform in [-rotation, rotation] degrees and, when `elastic` > 0, bent by a
-    smooth random displacement field (`elastic_displacement`), to `out_size` (None: the image's
-    own size), on every spatial key.
+                     rotation: float = 0.0, elastic: float = 0.0, elastic_spacing: int = 16,
+                     resolution: float = 1.0) -> dict:
+    """Resamples a box of `out_size * zoom / resolution` (zoom log-uniform in [1/(1+scale),
+    1+scale]), turned by an angle uniform in [-rotation, rotation] degrees and, when `elastic` >
+    0, bent by a smooth random displacement field (`elastic_displacement`), to `out_size` (None:
+    the image's own size), on every spatial key. `resolution` is output pixels per image pixel
+    at zoom 1: 1.5 trains a model on the images seen 1.5 times as large (it needs `out_size`).
 
     The box centre comes from `crop_center` (inside the example's `fov` when it has one), then
     moves by up to `shift` x the box size. Without rotation or bending, what the box reaches
@@ -116,11 +118,14 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
     bilinearly, the masks by nearest neighbour; with scale = shift = rotation = 0 the crop is a
     slice (exact pixels). The crop must fit in the image unless it is zoomed, shifted or turned.
     """
+    if resolution != 1 and out_size is None:
+        raise ValueError(f"Crops at resolution {resolution} need an output size: set config.augment.crop_size.")
     zoom_seed, center_seed, shift_seed = tf.unstack(_split_seeds(seed, 3))
     height, width = example["image"].shape[0], example["image"].shape[1]
     out_height, out_width = out_size or (height, width)
     out_extent = tf.constant([out_height, out_width], tf.float32)
     zoom = tf.exp(_uniform(zoom_seed, -tf.math.log1p(scale), tf.math.log1p(scale))) if scale else 1.0
+    zoom /= resolution
     box_size = out_extent * zoom
     if "mask" not in example and positive_fraction:
         raise ValueError("config.augment.positive_crop_fraction needs a segmentation mask; this "
@@ -142,7 +147,7 @@ def crop_scale_shift(example: dict, seed: tf.Tensor, *, out_size: tuple[int, int
                                                 nearest=key in MASK_KEYS, displacement=displacement)
                               for key in spatial_keys}}
     top_left = tf.floor(center - box_size / 2)
-    if not scale and not shift:  # a window of whole pixels: slice it, exactly
+    if not scale and not shift and resolution == 1:  # a window of whole pixels: slice it, exactly
         if out_height > height or out_width > width:
             raise ValueError(f"Crop {out_height}x{out_width} is larger than the {height}x{width} "
                              "images; lower config.augment.crop_size (or zoom/shift to pad).")
@@ -247,19 +252,22 @@ def speckle(example: dict, seed: tf.Tensor, *, sigma: float, black_level: float)
     return {**example, "image": image + (image - black_level) * noise}
 
 
-def augment_example(example: dict, seed: tf.Tensor, config, *, black_level: float = 0.0) -> dict:
-    """Applies the augmentations switched on in `config` (the config's `augment` block).
+def augment_example(example: dict, seed: tf.Tensor, config, *, black_level: float = 0.0,
+                    resolution: float = 1.0) -> dict:
+    """Applies the augmentations switched on in `config` (the config's `augment` block), on
+    crops at `resolution` (crop_scale_shift).
 
     `black_level` is what a black pixel is after normalisation: the value of regions a shifted or
     zoomed-out crop brings in from outside the image, and the zero of the speckle noise.
     """
-    if config.crop_size or config.scale or config.shift or config.rotation or config.elastic:
+    if (config.crop_size or config.scale or config.shift or config.rotation or config.elastic
+            or resolution != 1):
         example = crop_scale_shift(
             example, tf.random.experimental.stateless_fold_in(seed, 1),
             out_size=tuple(config.crop_size) if config.crop_size else None, scale=config.scale,
             shift=config.shift, positive_fraction=config.positive_crop_fraction,
             fill_value=black_level, rotation=config.rotation, elastic=config.elastic,
-            elastic_spacing=config.elastic_spacing)
+            elastic_spacing=config.elastic_spacing, resolution=resolution)
     geometry_seed, intensity_seed = tf.unstack(_split_seeds(seed, 2))
     example = flip_and_rotate(example, geometry_seed, hflip=config.hflip, vflip=config.vflip,
                               rot90=config.rot90)

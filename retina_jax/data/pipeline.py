@@ -162,10 +162,11 @@ def model_input_shape(builder, config) -> tuple[int, int, int]:
     return height, width, channels
 
 
-def train_batches(builder, config, *, local_batch_size: int, start_step: int,
+def train_batches(builder, config, *, local_batch_size: int, start_step: int, resolution: float = 1.0,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless augmented training batches of this process, starting at global step `start_step`.
+    """Endless augmented training batches of this process, starting at global step `start_step`,
+    cropped at `resolution` (augment.crop_scale_shift: the images seen that many times as large).
 
     An epoch shows every example `config.augment.patches_per_image` times (each time with its
     own crop and augmentation): a few large images then feed many small training patches.
@@ -202,11 +203,24 @@ def train_batches(builder, config, *, local_batch_size: int, start_step: int,
         # Unique per (process, example): processes never share augmentation randomness.
         seed = tf.stack([tf.constant(config.seed, tf.int64),
                          example_index * process_count + process_index])
-        return augment_example(example, seed, config.augment, black_level=fill)
+        return augment_example(example, seed, config.augment, black_level=fill, resolution=resolution)
 
     stream = tf.data.Dataset.zip(indices, stream).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     stream = stream.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return stream.as_numpy_iterator()
+
+
+def fov_masks(builder, split: str, config) -> Iterator[np.ndarray]:
+    """The (H, W, 1) field-of-view mask of every example of `split` (the whole split, in every
+    process: all of them see the same masks), at the size the model sees (config.input.resize);
+    the other images are not decoded."""
+    other_images = {name: tfds.decode.SkipDecoding() for name, spec in builder.info.features.items()
+                    if isinstance(spec, tfds.features.Image) and name != "fov"}
+    masks = _read_selected(builder, select(builder, split, config), decoders=other_images).map(
+        lambda example: example["fov"])
+    if config.input.resize:
+        masks = masks.map(lambda fov: tf.image.resize(fov, config.input.resize, method="nearest"))
+    return masks.as_numpy_iterator()
 
 
 def check_split(builder, split: str) -> None:
