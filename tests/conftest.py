@@ -3,6 +3,7 @@
 The environment is set here, before JAX is imported, so that this process and every
 subprocess a test starts (`main`, scripts, several processes of one job) inherit it."""
 import os
+import tempfile
 from pathlib import Path
 
 # Tests check behaviour, not speed: cheaper compiles keep the suite fast.
@@ -27,6 +28,17 @@ def shared_compilation_cache(tmp_path_factory):
     parallel.enable_compilation_cache(cache_dir)
     os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory):
+    """Temporary files of the session, here and in its subprocesses, under pytest's own base
+    folder (which pytest prunes), not the system's: TFDS leaves an empty `tmp*tfds` folder behind
+    for every builder made before its data is prepared (DatasetInfo.initialize_from_bucket), a
+    few hundred a session."""
+    temp_dir = tmp_path_factory.mktemp("tmp")
+    tempfile.tempdir = str(temp_dir)
+    os.environ["TMPDIR"] = str(temp_dir)
 
 
 @pytest.fixture(scope="session")
