@@ -14,12 +14,16 @@ import pytest
 from retina_jax import checkpoint, parallel, train
 
 REPO = Path(__file__).resolve().parents[1]
-# Seed vessel set, width-8 U-Net, batch 16: validation Dice after this many steps (measured
-# 2026-11-27, compiled with optimisations: float32 0.725, bfloat16 0.697), the floor both
-# precisions must clear and the gap allowed.
+# Seed vessel set, width-8 U-Net, batch 16: validation Dice after this many steps, the floor both
+# precisions must clear and the gap allowed. The bounds sit above the seed-to-seed spread, which
+# at 150 steps is as large as the gap between the precisions, and which differs between this
+# project's machines. Measured 2026-11-27, compiled with optimisations: on one machine seed 0
+# gave float32 0.725, bfloat16 0.697; on another (AMD EPYC, AVX-512 BF16), seeds 0 / 1 / 2 gave
+# float32 0.728 / 0.770 / 0.726 and bfloat16 0.659 / 0.700 / 0.736 (seed 0's gap 0.069, the
+# means' 0.043).
 BF16_CONVERGENCE_STEPS = 150
-BF16_CONVERGENCE_MIN_DICE = 0.65
-BF16_CONVERGENCE_MAX_GAP = 0.06
+BF16_CONVERGENCE_MIN_DICE = 0.6
+BF16_CONVERGENCE_MAX_GAP = 0.1
 
 
 def compiled_train_state(model, tx, image_shape, ema=False):
@@ -299,9 +303,9 @@ def test_bfloat16_training_converges_like_float32_on_the_seed_vessels(smoke_conf
     smoke_config.train.eval_every = BF16_CONVERGENCE_STEPS
     smoke_config.train.log_every = BF16_CONVERGENCE_STEPS
     smoke_config.train.warmup_steps = 10
-    # 150 steps outweigh the compile: with optimisations both runs are faster (float32 52 s
-    # against 87 s; bfloat16, which this CPU emulates, 93 s against ~200 s without fusion of
-    # its conversions).
+    # 150 steps outweigh the compile: with optimisations both runs are faster (measured on the
+    # first machine above: float32 52 s against 87 s; bfloat16 93 s against ~200 s without
+    # fusion of its conversions).
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         full = train.train_and_evaluate(smoke_config, tmp_path / "float32")
