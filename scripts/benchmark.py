@@ -5,8 +5,9 @@ Usage:
   python scripts/benchmark.py --model=unet --size=64 --batch=32 --devices=2   # + input pipeline
   python scripts/benchmark.py --model=resunet --size=224 --batch=8 --no-reference
   python scripts/benchmark.py --sliding_window   # + one whole DRIVE image as configs/drive.py evaluates it
+  python scripts/benchmark.py --features=8 --batch=16 --loss=bce_dice_cldice --no-reference  # drive.py's step, clDice
 
-The train step is `train.train_step` with the default config's optimizer and loss, inference is
+The train step is `train.train_step` with the default config's optimizer and loss (or --loss), inference is
 `train.predict_probabilities`, both jitted over a data-parallel mesh as the training loop does,
 on synthetic data, timed one blocking call at a time after compilation and warm-up (medians).
 Prints readable lines, then as its LAST line one JSON object: images per second, forward GFLOPs
@@ -34,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from configs import default  # noqa: E402
-from retina_jax import datasets, inference, models, parallel, train  # noqa: E402
+from retina_jax import datasets, inference, losses, models, parallel, train  # noqa: E402
 from retina_jax.data import pipeline  # noqa: E402
 from retina_jax.ops import onednn_conv  # noqa: E402
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=128, help="image height and width")
     parser.add_argument("--batch", type=int, default=32, help="global batch size")
     parser.add_argument("--channels", type=int, default=0, help="0 = the model's reference input")
+    parser.add_argument("--features", type=int, default=0, help="the model's base width (0 = its default)")
+    parser.add_argument("--loss", choices=sorted(losses.LOSSES), default=default.get_config().train.loss,
+                        help="the segmentation loss the train step minimises")
     parser.add_argument("--steps", type=int, default=10, help="timed calls (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
     parser.add_argument("--devices", type=int, default=0,
@@ -69,8 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
                         help="also time configs/drive.py's inference of one whole DRIVE image")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0.")
+    if args.steps < 1 or args.warmup < 0 or args.features < 0:
+        parser.error("--steps must be >= 1, --warmup >= 0 and --features >= 0.")
     return args
 
 
@@ -236,8 +240,8 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
     script = Path(args.reference_dir) / REFERENCE_SCRIPT
     if not args.reference:
         return None, "not asked for (--no-reference)"
-    if args.model != "unet" or channels != 1:
-        return None, "the peer implements the 1-channel seed U-Net only (--model=unet)"
+    if args.model != "unet" or channels != 1 or args.features:
+        return None, "the peer implements the 1-channel seed U-Net only (--model=unet, default width)"
     if not script.exists():
         return None, f"{script} not found"
     command = [sys.executable, str(script), f"--size={args.size}", f"--batch={args.batch}",
@@ -269,13 +273,22 @@ def drive_image_seconds(warmup: int, steps: int) -> float:
     return median_seconds(lambda: predict(variables, image).block_until_ready(), warmup, steps)
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+def benchmark_config(args: argparse.Namespace):
+    """The default config with the model, batch, dtype, loss and width the arguments ask for."""
     config = default.get_config()
     config.model.name = args.model
     config.train.batch_size = args.batch
     config.dataset.data_dir = args.data_dir
     config.dtype = args.dtype
+    config.train.loss = args.loss
+    if args.features:
+        config.model.features = args.features
+    return config
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    config = benchmark_config(args)
     info = models.info(args.model)
     if info.task != "segmentation":
         raise SystemExit(f"Model {args.model!r} is a {info.task} model; train.train_step trains "
@@ -287,7 +300,8 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_mesh(args.devices)
     parallel.local_batch_size(args.batch, mesh)  # a batch that does not split fails here, clearly
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {args.model}, {image_shape} images, "
-          f"global batch {args.batch} over {mesh.size} device(s), {args.conv} convolutions, {args.dtype}")
+          f"global batch {args.batch} over {mesh.size} device(s), {args.conv} convolutions, {args.dtype}, "
+          f"loss {args.loss}")
 
     batch = synthetic_batch(args.batch, image_shape)
     global_batch = parallel.to_global_batch(batch, mesh)
@@ -335,7 +349,7 @@ def main(argv: list[str]) -> None:
         "model": args.model, "size": args.size, "batch": args.batch, "channels": channels,
         "devices": mesh.size, "backend": jax.default_backend(), "params": compiled["params"],
         "conv": args.conv,
-        "dtype": args.dtype,
+        "dtype": args.dtype, "loss": args.loss, "features": args.features or None,
         "train_img_per_s": round(train_img_per_s, 2), "infer_img_per_s": round(infer_img_per_s, 2),
         "forward_gflops_per_image": round(forward_gflops, 4),
         "train_gflops_per_s": round(train_gflops_per_s, 1),

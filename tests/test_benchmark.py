@@ -12,7 +12,7 @@ SCRIPT = REPO / "scripts" / "benchmark.py"
 KEYS = {"model", "size", "batch", "devices", "train_img_per_s", "infer_img_per_s",
         "forward_gflops_per_image", "train_gflops_per_s", "peak_gflops", "peak_share",
         "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference",
-        "conv", "dtype"}
+        "conv", "dtype", "loss", "features"}
 POSITIVE = ("train_img_per_s", "infer_img_per_s", "forward_gflops_per_image", "train_gflops_per_s",
             "peak_gflops", "peak_share", "compile_seconds", "peak_memory_mb", "pipeline_train_img_per_s")
 
@@ -28,13 +28,14 @@ def test_tiny_run_prints_the_json_contract_last(tfds_dir, vessel_builder):
     # 64x64 is the vessel set's own size, so the input pipeline is timed too; 2 host devices.
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--size=64", "--batch=4", "--steps=2", "--warmup=1", "--devices=2",
-         "--no-reference", f"--data_dir={tfds_dir}"],
+         "--no-reference", f"--data_dir={tfds_dir}", "--loss=bce_dice_cldice"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     report = json.loads(lines[-1])
     assert KEYS <= set(report)
     assert (report["model"], report["size"], report["batch"], report["devices"]) == ("unet", 64, 4, 2)
+    assert (report["loss"], report["features"]) == ("bce_dice_cldice", None)
     assert all(report[key] > 0 for key in POSITIVE), report
     assert 0 <= report["input_wait_share"] < 1
     assert report["forward_gflops_per_image"] == pytest.approx(0.36, rel=0.1)  # the seed U-Net at 64x64
@@ -55,6 +56,18 @@ def test_peak_is_cores_times_clock_times_fma_width():
     assert benchmark.peak_gflops(avx2, None, cores=1)[0] == pytest.approx(2.59614 * 8 * 4)
     with pytest.raises(ValueError, match="cpu MHz"):
         benchmark.peak_gflops("flags\t: avx2 fma\n", None, cores=1)
+
+
+def test_features_set_the_width_and_leave_the_peer_out():
+    benchmark = load_benchmark()
+    args = benchmark.parse_args(["--features=8", "--loss=cldice"])
+    config = benchmark.benchmark_config(args)
+    assert (config.model.features, config.train.loss) == (8, "cldice")
+    assert benchmark.reference_run(args, channels=1) == (
+        None, "the peer implements the 1-channel seed U-Net only (--model=unet, default width)")
+    assert benchmark.parse_args([]).loss == "bce_dice"
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--loss=focal"])
 
 
 def test_classification_models_are_refused_with_a_reason():
