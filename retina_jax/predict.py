@@ -69,7 +69,7 @@ from absl import logging
 from etils import epath
 
 from retina_jax import datasets, inference, io_utils, parallel, train, viz
-from retina_jax.data import preprocess
+from retina_jax.data import pipeline, preprocess
 from retina_jax.datasets import fundus, image_pairs, validate
 from retina_jax.tasks import classification
 
@@ -171,6 +171,14 @@ def original_size(probability: np.ndarray, height: int, width: int) -> np.ndarra
     return np.clip(resized, 0.0, 1.0)
 
 
+def image_scale(fov: np.ndarray, config: ml_collections.ConfigDict, path) -> float:
+    """The inference scale config.input.fov_diameter gives one image of FOV mask `fov` (H, W, 1):
+    its FOV width measured as evaluation measures a split's, on the mask at the size the model
+    sees (pipeline.fov_as_seen)."""
+    width_seen = inference.fov_width(pipeline.fov_as_seen(tf.constant(fov), config))
+    return inference.scale_to_fov(config.input.fov_diameter, [width_seen], source=str(path))
+
+
 def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Path) -> Callable:
     """(path, raw example, model input) -> its predictions.csv row, after writing
     <stem>_probability.png and <stem>_mask.png into `out_dir`."""
@@ -188,8 +196,7 @@ def segmenter(experiment: train.Experiment, state, threshold: float, out_dir: Pa
     def predict_file(path: epath.Path, example: dict, image: np.ndarray) -> dict:
         scale = settings.scale
         if fov_diameter:
-            width_seen = inference.fov_width(example["fov"]) * image.shape[2] / example["image"].shape[1]
-            scale = inference.scale_to_fov(fov_diameter, [width_seen], source=str(path))
+            scale = image_scale(example["fov"], experiment.config, path)
         probability = np.asarray(predictor(scale)(variables, jax.device_put(image, replicated)))[0]
         height, width = example["image"].shape[:2]
         probability = original_size(probability, height, width)

@@ -217,10 +217,14 @@ def fov_masks(builder, split: str, config) -> Iterator[np.ndarray]:
     other_images = {name: tfds.decode.SkipDecoding() for name, spec in builder.info.features.items()
                     if isinstance(spec, tfds.features.Image) and name != "fov"}
     masks = _read_selected(builder, select(builder, split, config), decoders=other_images).map(
-        lambda example: example["fov"])
-    if config.input.resize:
-        masks = masks.map(lambda fov: tf.image.resize(fov, config.input.resize, method="nearest"))
+        lambda example: fov_as_seen(example["fov"], config))
     return masks.as_numpy_iterator()
+
+
+def fov_as_seen(fov, config):
+    """An (H, W, 1) field-of-view mask at the size the model sees its image: config.input.resize,
+    by nearest neighbour as preprocessing resizes masks (resize_example); as it is without one."""
+    return resize_example({"fov": fov}, config.input.resize)["fov"] if config.input.resize else fov
 
 
 def check_split(builder, split: str) -> None:
