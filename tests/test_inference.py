@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from retina_jax import inference
+from retina_jax.data import pipeline
+from retina_jax.predict import image_scale
 
 
 def pixelwise(variables, images):
@@ -210,16 +212,15 @@ def test_scale_to_fov_brings_the_median_width_to_the_models_and_rounds_it():
 
 
 def test_predict_measures_an_images_fov_on_the_mask_the_model_sees():
-    from retina_jax import predict  # the package's predict mode, not this module's predictors
     fov = np.zeros((10, 10, 1), np.uint8)
     fov[:, :6] = 1  # 6 columns
     config = ml_collections.ConfigDict({"input": {"resize": (4, 4), "fov_diameter": 2.4}})
     # Resized to 4 columns by nearest neighbour (as evaluation resizes the split's masks), the
     # columns sampled are 1, 3, 6 and 8: 2 in the FOV, not 6 x 4 / 10 = 2.4; 2.4 / 2 = 1.2.
-    assert inference.fov_width(np.asarray(predict.pipeline.fov_as_seen(fov, config))) == 2
-    assert predict.image_scale(fov, config, "image.png") == 1.2
+    assert inference.fov_width(np.asarray(pipeline.fov_as_seen(fov, config))) == 2
+    assert image_scale(fov, config, "image.png") == 1.2
     config.input.resize = ()
-    assert predict.image_scale(fov, config, "image.png") == 0.4
+    assert image_scale(fov, config, "image.png") == 0.4
 
 
 def scale_settings(scale: float, fov_diameter: float) -> ml_collections.ConfigDict:
