@@ -261,7 +261,8 @@ def eval_step(state: TrainState, batch: dict, *, predict: inference.Predict, thr
     `predict` (see `inference.make_predictor`) maps whole images to probabilities."""
     probabilities = predict(evaluation_variables(state), batch["image"])
     return (segmentation.eval_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
-            segmentation.case_counts(probabilities, batch, threshold=threshold), probabilities)
+            segmentation.case_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
+            probabilities)
 
 
 def classification_eval_step(state: TrainState, batch: dict, *, model, head: str) -> jnp.ndarray:

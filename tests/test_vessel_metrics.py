@@ -117,9 +117,10 @@ def test_fov_limits_loss_weights_and_case_counts():
     np.testing.assert_array_equal(segmentation.pixel_weights(batch)[0, ..., 0], FOV)
     # A prediction of all ones: inside the FOV 3 vessel (tp) and 2 background (fp) pixels; the
     # pixel outside (background) is not counted.
-    counts = segmentation.case_counts(jnp.ones((2, 2, 3, 1)), batch, threshold=0.5)
+    counts = segmentation.case_counts(jnp.ones((2, 2, 3, 1)), batch, threshold=0.5, num_bins=2)
     assert {key: value.tolist() for key, value in counts.items()} == {
-        "tp": [3, 3], "fp": [2, 2], "fn": [0, 0], "tn": [0, 0]}
+        "tp": [3, 3], "fp": [2, 2], "fn": [0, 0], "tn": [0, 0],
+        "pos_hist": [[0, 3], [0, 3]], "neg_hist": [[0, 2], [0, 2]]}
 
 
 def test_second_observer_is_scored_by_the_same_counts_inside_the_fov():
@@ -129,7 +130,8 @@ def test_second_observer_is_scored_by_the_same_counts_inside_the_fov():
     assert {key: int(counts[f"human_{key}"]) for key in metrics.CONFUSION_KEYS} == dict(tp=2, fp=1, fn=1, tn=1)
     assert int(counts["num_human"]) == 1
     total = metrics.accumulate(None, counts)
-    rows = segmentation.case_rows(segmentation.case_counts(jnp.full((2, 2, 3, 1), 0.75), batch, threshold=0.5),
+    rows = segmentation.case_rows(segmentation.case_counts(jnp.full((2, 2, 3, 1), 0.75), batch, threshold=0.5,
+                                                          num_bins=4),
                                   {"valid": np.ones(2), "labelled": np.ones(2), "id": np.array([b"a", b"b"])})
     summary = segmentation.summarize(total, rows)
     assert summary["human"] == {"f1": 2 / 3, "sensitivity": 2 / 3, "specificity": 1 / 2, "accuracy": 3 / 5,

@@ -109,6 +109,9 @@ def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
     assert validation["at_validation_threshold"]["f1"] == pytest.approx(validation["best_f1"])
     assert [path.name for path in (validation_dir / "probabilities").iterdir()] == ["25_training.png"]
     assert all((validation_dir / name).stat().st_size > 0 for name in ("roc.png", "pr.png", "overlays.png"))
+    (only_case,) = csv.DictReader((validation_dir / "per_case.csv").open())  # one image: its AUCs are the split's
+    assert float(only_case["auc_roc"]) == pytest.approx(validation["auc_roc"])
+    assert float(only_case["auc_pr"]) == pytest.approx(validation["auc_pr"])
 
     drive_smoke.eval.split = "test"
     test = train.evaluate(drive_smoke, workdir)
@@ -117,6 +120,7 @@ def test_drive_protocol_end_to_end_on_dummy_data(drive_smoke, tmp_path):
     assert test["human"]["num_cases"] == 1 and 0.5 < test["human"]["f1"] < 1.0  # only 01 has a 2nd observer
     rows = list(csv.DictReader((workdir / "eval" / "test" / "per_case.csv").open()))
     assert sorted(row["id"] for row in rows) == ["01_test", "02_test"]
+    assert test["auc_roc_per_case_mean"] == pytest.approx(np.mean([float(row["auc_roc"]) for row in rows]))
     # Per-case pixels are the FOV's: the dummy FOV is a disc of radius 270 (~229,000 pixels).
     assert all(220_000 < int(row["tp"]) + int(row["fp"]) + int(row["fn"]) + int(row["tn"]) < 240_000
                for row in rows)

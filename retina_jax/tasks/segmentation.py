@@ -3,20 +3,22 @@
 Pixels count towards losses and metrics only for labelled, non-padding examples, and only
 inside the field of view when the batch has one (`fov`, fundus photographs: the DRIVE
 protocol). Evaluation reports the split as one image (`dice`, `iou`, ... from summed confusion
-counts, as the literature's dataset-level Dice) and per case (`per_case.csv`,
-`dice_per_case_mean`); with the vessel literature's names too (`f1` = `dice`, `sensitivity` =
+counts, as the literature's dataset-level Dice) and per case (`per_case.csv`, with each
+case's own AUC-ROC and AUC-PR; `dice_per_case_mean`, `auc_roc_per_case_mean`); with the vessel literature's names too (`f1` = `dice`, `sensitivity` =
 `recall`), `auc_roc`, `auc_pr`, and the F1-maximising threshold. A batch with a second
 observer's annotation (`mask2`, `has_mask2`) also scores it against the first (`human`).
 """
+import functools
 import heapq
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from retina_jax import io_utils, metrics
 
 CASE_COLUMNS = ("gt_pixels", "predicted_pixels", "tp", "fp", "fn", "tn",
-                "dice", "iou", "precision", "recall")
+                "dice", "iou", "precision", "recall", "auc_roc", "auc_pr")
 
 
 def pixel_weights(batch: dict) -> jnp.ndarray:
@@ -53,20 +55,23 @@ def eval_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float, nu
     return counts
 
 
-def case_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float) -> dict:
-    """(B,) int32 confusion counts of each example (whatever `labelled` says): of every pixel,
-    or of those inside the field of view when the batch has `fov`."""
-    inside = batch["fov"][..., 0] > 0.5 if "fov" in batch else True
-    predicted = probabilities[..., 0] >= threshold
-    positive = batch["mask"][..., 0] > 0.5
-    return metrics.confusion_counts(predicted, positive, inside, axis=(1, 2))
+def case_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float, num_bins: int) -> dict:
+    """Each example's `metrics.segmentation_counts` (whatever `labelled` says): (B,) int32
+    confusion counts and (B, num_bins) probability histograms, of every pixel or of those inside
+    the field of view when the batch has `fov`."""
+    count = functools.partial(metrics.segmentation_counts, threshold=threshold, num_bins=num_bins)
+    if "fov" in batch:
+        return jax.vmap(count)(probabilities, batch["mask"], batch["fov"])
+    return jax.vmap(count)(probabilities, batch["mask"])
 
 
 def case_rows(counts: dict, info: dict) -> list[dict]:
     """One row per real (non-padding) example: its `info` (id, ...) and, when labelled, metrics.
 
-    `counts` holds (B,) arrays from `case_counts`; `info` (B,) arrays of `valid`, `labelled` and
-    the identifying features (`id` as bytes). Unlabelled rows carry only `predicted_pixels`.
+    `counts` holds the (B,) counts and (B, num_bins) histograms of `case_counts`; `info` (B,)
+    arrays of `valid`, `labelled` and the identifying features (`id` as bytes). Unlabelled rows
+    carry only `predicted_pixels`. `auc_roc` and `auc_pr` are the example's own, at the
+    histograms' resolution (None where it has no positive or no negative pixel).
     """
     rows = []
     for index in np.flatnonzero(info["valid"] > 0):
@@ -77,8 +82,11 @@ def case_rows(counts: dict, info: dict) -> list[dict]:
         row["predicted_pixels"] = tp + fp
         if row["labelled"]:
             ratios = metrics.overlap_ratios(tp, fp, fn, tn)
+            pos_hist, neg_hist = counts["pos_hist"][index], counts["neg_hist"][index]
             row.update(gt_pixels=tp + fn, tp=tp, fp=fp, fn=fn, tn=tn,
-                       **{key: ratios[key] for key in ("dice", "iou", "precision", "recall")})
+                       **{key: ratios[key] for key in ("dice", "iou", "precision", "recall")},
+                       auc_roc=metrics.auc_from_histograms(pos_hist, neg_hist),
+                       auc_pr=metrics.average_precision_from_histograms(pos_hist, neg_hist))
         rows.append(row)
     return rows
 
@@ -89,8 +97,9 @@ def summarize(counts: dict, cases: list[dict]) -> dict:
     Besides `metrics.compute_segmentation_metrics` (at the evaluation threshold): `f1` (= dice)
     and `sensitivity` (= recall), `auc_pr`, `best_threshold` / `best_f1` (the F1-maximising bin
     threshold of this split, and its F1), `dice_per_case_mean` / `iou_per_case_mean` (mean over
-    labelled cases, empty ones by the empty rule) and `dice_per_case_mean_positive` (over cases
-    whose ground truth has foreground; None when none has); with second-observer counts, `human`
+    labelled cases, empty ones by the empty rule), `dice_per_case_mean_positive` (over cases
+    whose ground truth has foreground; None when none has) and `auc_roc_per_case_mean` (over
+    cases whose AUC-ROC is defined; None when none is: the vessel papers that average images); with second-observer counts, `human`
     (see `human_reference`). A split without ground truth has no metrics: only `num_examples`
     and `labelled: False`.
     """
@@ -99,6 +108,7 @@ def summarize(counts: dict, cases: list[dict]) -> dict:
         return {**summary, "labelled": False}
     labelled = [case for case in cases if case["labelled"]]
     positive = [case["dice"] for case in labelled if case["gt_pixels"] > 0]
+    case_aucs = [case["auc_roc"] for case in labelled if case["auc_roc"] is not None]
     overall = metrics.compute_segmentation_metrics(counts)
     best_threshold, best_f1 = metrics.best_f1_threshold(counts["pos_hist"], counts["neg_hist"])
     human = human_reference(counts)
@@ -112,6 +122,7 @@ def summarize(counts: dict, cases: list[dict]) -> dict:
         "dice_per_case_mean": float(np.mean([case["dice"] for case in labelled])),
         "iou_per_case_mean": float(np.mean([case["iou"] for case in labelled])),
         "dice_per_case_mean_positive": float(np.mean(positive)) if positive else None,
+        "auc_roc_per_case_mean": float(np.mean(case_aucs)) if case_aucs else None,
         **({"human": human} if human else {}),
         **summary,
     }
