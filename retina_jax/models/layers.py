@@ -2,6 +2,7 @@
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Keras defaults, which the seed notebooks trained with.
@@ -10,11 +11,57 @@ BN_EPSILON = 1e-3
 he_normal = nn.initializers.he_normal()
 
 
+class DropBlock(nn.Module):
+    """DropBlock (Ghiasi et al., NeurIPS 2018): in training, zeroes `block_size` x `block_size`
+    squares of each (B, H, W, C) feature map, independently per example and channel, seeded at
+    the paper's rate for dropping a share `rate` of the units (overlapping squares and the map's
+    border make the share somewhat less: 0.165 for 0.18 on 64x64 maps with 7x7 squares), and
+    rescales the kept units by (units / kept units) of the batch; the identity when
+    `deterministic`. Dropping whole squares removes the neighbours from which plain dropout's
+    dropped units can be restored, so it regularises convolutional features (SD-Unet and
+    SA-UNet use it for retinal vessels).
+
+    Square centres are drawn only where a whole square fits; a square larger than the map
+    shrinks to the largest odd size that fits it. Uses the "dropout" rng collection.
+    """
+    rate: float
+    block_size: int = 7
+    deterministic: bool | None = None
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool | None = None):
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"DropBlock rate must be in [0, 1), got {self.rate}.")
+        if self.block_size < 1 or self.block_size % 2 == 0:
+            raise ValueError(f"DropBlock block_size must be a positive odd number, got {self.block_size}.")
+        if deterministic or self.rate == 0.0:
+            return x
+        _, height, width, _ = x.shape
+        size = min(self.block_size, height - (1 - height % 2), width - (1 - width % 2))
+        # The paper's gamma: `rate` of the units over the size^2 units a square drops, with
+        # centres only in the (height - size + 1) x (width - size + 1) region where squares fit.
+        seed_rate = (self.rate / size ** 2 * height * width
+                     / ((height - size + 1) * (width - size + 1)))
+        half = size // 2
+        fits = jnp.zeros((height, width), bool).at[half:height - half, half:width - half].set(True)
+        seeds = jax.random.bernoulli(self.make_rng("dropout"), seed_rate, x.shape) & fits[None, :, :, None]
+        dropped = seeds.astype(jnp.float32)
+        for window in ((1, size, 1, 1), (1, 1, size, 1)):  # separable: ~25x faster than one square
+            dropped = jax.lax.reduce_window(dropped, 0.0, jax.lax.max, window, (1, 1, 1, 1), "SAME")
+        keep = 1.0 - dropped
+        scale = keep.size / jnp.maximum(jnp.sum(keep), 1.0)
+        return x * (keep * scale).astype(x.dtype)
+
+
 class ConvBlock(nn.Module):
-    """`num_convs` x [3x3 conv -> (batch norm) -> ReLU]."""
+    """`num_convs` x [3x3 conv -> (DropBlock) -> (batch norm) -> ReLU]; DropBlock (SA-UNet's
+    place for it) only when `dropblock` > 0."""
     features: int
     num_convs: int = 2
     batch_norm: bool = True
+    dropblock: float = 0.0
+    dropblock_size: int = 7
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -22,6 +69,8 @@ class ConvBlock(nn.Module):
         for i in range(self.num_convs):
             x = nn.Conv(self.features, (3, 3), padding="SAME", kernel_init=he_normal,
                         dtype=self.dtype, name=f"conv{i}")(x)
+            if self.dropblock:
+                x = DropBlock(self.dropblock, self.dropblock_size, deterministic=not train)(x)
             if self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                                  epsilon=BN_EPSILON, dtype=self.dtype, name=f"bn{i}")(x)

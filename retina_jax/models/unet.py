@@ -4,6 +4,8 @@ Defaults (16 base features, depth 4, 1 input and 1 output channel) give exactly 
 trainable parameters and 2,944 batch-norm statistics, as the seed Keras model: two 3x3
 conv+BN+ReLU per block, features x2 per level, 2x2 max-pool, dropout after each pool and
 each skip concatenation, 3x3 stride-2 transposed conv up-sampling, 1x1 head (logits).
+`dropblock` > 0 adds DropBlock (layers.DropBlock, squares of `dropblock_size`) after every 3x3
+conv, before its batch norm, as SA-UNet (Guo et al. 2020) does.
 
 `side_heads=True` adds a 1x1 head on every coarser decoder level ("side_head{level}", level
 depth-1 .. 1), its logits bilinearly up-sampled to the input size, for deep supervision
@@ -29,6 +31,8 @@ class UNet(nn.Module):
     depth: int = 4
     batch_norm: bool = True
     dropout: float = 0.05
+    dropblock: float = 0.0
+    dropblock_size: int = 7
     upsample: Literal["transpose", "resize"] = "transpose"
     side_heads: bool = False
     dtype: Any = jnp.float32
@@ -43,18 +47,15 @@ class UNet(nn.Module):
         dropout = nn.Dropout(self.dropout, deterministic=not train)
         skips = []
         for level in range(self.depth):
-            x = ConvBlock(self.features * 2 ** level, batch_norm=self.batch_norm, dtype=self.dtype,
-                          name=f"encoder{level}")(x, train=train)
+            x = self._conv_block(self.features * 2 ** level, f"encoder{level}")(x, train=train)
             skips.append(x)
             x = dropout(nn.max_pool(x, (2, 2), strides=(2, 2)))
-        x = ConvBlock(self.features * 2 ** self.depth, batch_norm=self.batch_norm, dtype=self.dtype,
-                      name="bottleneck")(x, train=train)
+        x = self._conv_block(self.features * 2 ** self.depth, "bottleneck")(x, train=train)
         for level in reversed(range(self.depth)):
             features = self.features * 2 ** level
             x = self._upsample(x, features, name=f"up{level}")
             x = dropout(jnp.concatenate([x, skips[level]], axis=-1))
-            x = ConvBlock(features, batch_norm=self.batch_norm, dtype=self.dtype,
-                          name=f"decoder{level}")(x, train=train)
+            x = self._conv_block(features, f"decoder{level}")(x, train=train)
             if self.side_heads and level > 0:
                 side = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name=f"side_head{level}")(x)
                 side = jax.image.resize(side, (side.shape[0], *padded_size, side.shape[-1]), "bilinear")
@@ -65,6 +66,10 @@ class UNet(nn.Module):
         if self.side_heads:
             self.sow("intermediates", "side_logits", logits)
         return logits
+
+    def _conv_block(self, features: int, name: str) -> ConvBlock:
+        return ConvBlock(features, batch_norm=self.batch_norm, dropblock=self.dropblock,
+                         dropblock_size=self.dropblock_size, dtype=self.dtype, name=name)
 
     def _upsample(self, x, features: int, name: str):
         if self.upsample == "transpose":
