@@ -33,11 +33,11 @@ import numpy as np
 CONFUSION_KEYS = ("tp", "fp", "fn", "tn")
 
 
-def confusion_counts(predicted, positive, counted, axis=None) -> dict[str, jax.Array]:
-    """int32 `tp`, `fp`, `fn`, `tn` of boolean maps, summed over `axis` (None: all) where
-    `counted` is True (a boolean map, or True for every pixel)."""
+def confusion_counts(predicted, positive, counted) -> dict[str, jax.Array]:
+    """int32 `tp`, `fp`, `fn`, `tn` of boolean maps, summed over every pixel where `counted` is
+    True (a boolean map)."""
     def count(condition):
-        return jnp.sum(condition & counted, axis=axis, dtype=jnp.int32)
+        return jnp.sum(condition & counted, dtype=jnp.int32)
 
     return {"tp": count(predicted & positive), "fp": count(predicted & ~positive),
             "fn": count(~predicted & positive), "tn": count(~predicted & ~positive)}

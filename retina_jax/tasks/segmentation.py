@@ -4,9 +4,10 @@ Pixels count towards losses and metrics only for labelled, non-padding examples,
 inside the field of view when the batch has one (`fov`, fundus photographs: the DRIVE
 protocol). Evaluation reports the split as one image (`dice`, `iou`, ... from summed confusion
 counts, as the literature's dataset-level Dice) and per case (`per_case.csv`, with each
-case's own AUC-ROC and AUC-PR; `dice_per_case_mean`, `auc_roc_per_case_mean`); with the vessel literature's names too (`f1` = `dice`, `sensitivity` =
-`recall`), `auc_roc`, `auc_pr`, and the F1-maximising threshold. A batch with a second
-observer's annotation (`mask2`, `has_mask2`) also scores it against the first (`human`).
+case's own AUC-ROC and AUC-PR; `dice_per_case_mean`, `auc_roc_per_case_mean`); with the vessel
+literature's names too (`f1` = `dice`, `sensitivity` = `recall`), `auc_roc`, `auc_pr`, and the
+F1-maximising threshold. A batch with a second observer's annotation (`mask2`, `has_mask2`)
+also scores it against the first (`human`).
 """
 import functools
 import heapq
