@@ -260,9 +260,8 @@ def eval_step(state: TrainState, batch: dict, *, predict: inference.Predict, thr
     """Split-level count sums, per-example counts and the probability maps of one batch;
     `predict` (see `inference.make_predictor`) maps whole images to probabilities."""
     probabilities = predict(evaluation_variables(state), batch["image"])
-    return (segmentation.eval_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
-            segmentation.case_counts(probabilities, batch, threshold=threshold, num_bins=num_bins),
-            probabilities)
+    cases = segmentation.case_counts(probabilities, batch, threshold=threshold, num_bins=num_bins)
+    return segmentation.eval_counts(cases, batch), cases, probabilities
 
 
 def classification_eval_step(state: TrainState, batch: dict, *, model, head: str) -> jnp.ndarray:

@@ -20,7 +20,7 @@ from retina_jax.tasks import segmentation
 
 DRIVE_DUMMY = Path(drive_builder_module.__file__).parent / "dummy_data"
 eval_counts = jax.jit(lambda probabilities, batch: segmentation.eval_counts(
-    probabilities, batch, threshold=0.5, num_bins=2))
+    segmentation.case_counts(probabilities, batch, threshold=0.5, num_bins=2), batch))
 CHASE_DUMMY = Path(chase.__file__).parent / "dummy_data"
 
 

@@ -125,14 +125,13 @@ def test_fov_limits_loss_weights_and_case_counts():
 
 def test_second_observer_is_scored_by_the_same_counts_inside_the_fov():
     batch = vessel_batch()
-    counts = segmentation.eval_counts(jnp.full((2, 2, 3, 1), 0.75), batch, threshold=0.5, num_bins=4)
+    cases = segmentation.case_counts(jnp.full((2, 2, 3, 1), 0.75), batch, threshold=0.5, num_bins=4)
+    counts = segmentation.eval_counts(cases, batch)
     # Image 0 inside the FOV: M2 vs M1 -> tp (0,0), (1,1); fp (0,1); fn (1,0); tn (0,2).
     assert {key: int(counts[f"human_{key}"]) for key in metrics.CONFUSION_KEYS} == dict(tp=2, fp=1, fn=1, tn=1)
     assert int(counts["num_human"]) == 1
     total = metrics.accumulate(None, counts)
-    rows = segmentation.case_rows(segmentation.case_counts(jnp.full((2, 2, 3, 1), 0.75), batch, threshold=0.5,
-                                                          num_bins=4),
-                                  {"valid": np.ones(2), "labelled": np.ones(2), "id": np.array([b"a", b"b"])})
+    rows = segmentation.case_rows(cases, {"valid": np.ones(2), "labelled": np.ones(2), "id": np.array([b"a", b"b"])})
     summary = segmentation.summarize(total, rows)
     assert summary["human"] == {"f1": 2 / 3, "sensitivity": 2 / 3, "specificity": 1 / 2, "accuracy": 3 / 5,
                                 "precision": 2 / 3, "iou": 1 / 2, "num_cases": 1}

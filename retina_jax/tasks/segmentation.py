@@ -34,18 +34,20 @@ def loss(loss_fn, logits: jnp.ndarray, batch: dict) -> jnp.ndarray:
     return loss_fn(logits, batch["mask"], pixel_weights(batch))
 
 
-def eval_counts(probabilities: jnp.ndarray, batch: dict, *, threshold: float, num_bins: int) -> dict:
-    """Per-batch sums that `metrics.accumulate` adds up exactly over a split.
+def eval_counts(cases: dict, batch: dict) -> dict:
+    """Per-batch sums that `metrics.accumulate` adds up exactly over a split: the `case_counts`
+    of the batch's labelled, non-padding examples summed (so the split's pixels are those
+    `pixel_weights` counts), `num_examples` and `num_labelled`.
 
     With a second observer in the batch, also `human_tp` ... `human_tn`: the second observer's
     mask scored as a prediction against the first's, by the same counting and the same pixels
     (examples without one left out), and `num_human` (examples with one).
     """
-    counts = metrics.segmentation_counts(probabilities, batch["mask"], pixel_weights(batch),
-                                         threshold=threshold, num_bins=num_bins)
     valid = batch.get("valid", jnp.ones_like(batch["labelled"]))
+    counted = (valid * batch["labelled"] > 0.5).astype(jnp.int32)
+    counts = {key: jnp.tensordot(counted, values, axes=1) for key, values in cases.items()}
     counts["num_examples"] = jnp.sum(valid).astype(jnp.int32)
-    counts["num_labelled"] = jnp.sum(valid * batch["labelled"]).astype(jnp.int32)
+    counts["num_labelled"] = jnp.sum(counted)
     if "mask2" in batch:
         has_second = jnp.asarray(batch["has_mask2"], jnp.float32)
         second = metrics.segmentation_counts(
@@ -100,8 +102,8 @@ def summarize(counts: dict, cases: list[dict]) -> dict:
     threshold of this split, and its F1), `dice_per_case_mean` / `iou_per_case_mean` (mean over
     labelled cases, empty ones by the empty rule), `dice_per_case_mean_positive` (over cases
     whose ground truth has foreground; None when none has) and `auc_roc_per_case_mean` (over
-    cases whose AUC-ROC is defined; None when none is: the vessel papers that average images); with second-observer counts, `human`
-    (see `human_reference`). A split without ground truth has no metrics: only `num_examples`
+    cases whose AUC-ROC is defined, as vessel papers that average images report it; None when
+    none is); with second-observer counts, `human` (see `human_reference`). A split without ground truth has no metrics: only `num_examples`
     and `labelled: False`.
     """
     summary = {"num_examples": int(counts["num_examples"])}
