@@ -15,7 +15,8 @@ per image (XLA cost analysis), achieved GFLOP/s against this machine's peak, the
 time spent waiting for the real tf.data pipeline, compile seconds, peak memory, and the
 plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference; with
 --sliding_window also `drive_image_seconds`: configs/drive.py's evaluation inference (its model,
-sliding window, flip TTA) of one 565x584 DRIVE image, median of --steps calls.
+at its width or --features if given; sliding window, flip TTA) of one 565x584 DRIVE image, median
+of --steps calls.
 """
 import argparse
 import functools
@@ -51,7 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=128, help="image height and width")
     parser.add_argument("--batch", type=int, default=32, help="global batch size")
     parser.add_argument("--channels", type=int, default=0, help="0 = the model's reference input")
-    parser.add_argument("--features", type=int, default=0, help="the model's base width (0 = its default)")
+    parser.add_argument("--features", type=int, default=0,
+                        help="the model's base width (0 = its default); with --sliding_window also "
+                             "the DRIVE model's (0 = configs/drive.py's)")
     parser.add_argument("--loss", choices=sorted(losses.LOSSES), default=default.get_config().train.loss,
                         help="the segmentation loss the train step minimises")
     parser.add_argument("--steps", type=int, default=10, help="timed calls (median reported)")
@@ -259,11 +262,20 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
 DRIVE_IMAGE_SHAPE = (584, 565)  # height, width
 
 
-def drive_image_seconds(warmup: int, steps: int) -> float:
-    """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
-    its sliding window and flip TTA, jitted) on one DRIVE-sized image, after compile + warm-up."""
+def drive_inference_config(features: int = 0):
+    """configs/drive.py's config, at base width `features` unless 0 (its own width then)."""
     from configs import drive
     config = drive.get_config()
+    if features:
+        config.model.features = features
+    return config
+
+
+def drive_image_seconds(warmup: int, steps: int, features: int = 0) -> float:
+    """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
+    at base width `features` unless 0, its sliding window and flip TTA, jitted) on one DRIVE-sized
+    image, after compile + warm-up."""
+    config = drive_inference_config(features)
     model = train.build_model(config)
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False)
     variables = {key: variables[key] for key in ("params", "batch_stats")}
@@ -340,7 +352,8 @@ def main(argv: list[str]) -> None:
           f"infer {reference['infer_img_per_s']} img/s; this step is {ratio['train']:.2f}x (train), "
           f"{ratio['infer']:.2f}x (infer)" if reference else f"reference: {reason}")
 
-    drive_seconds = drive_image_seconds(args.warmup, args.steps) if args.sliding_window else None
+    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features)
+                     if args.sliding_window else None)
     print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + flip TTA): "
           f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")
 

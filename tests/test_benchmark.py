@@ -73,3 +73,14 @@ def test_features_set_the_width_and_leave_the_peer_out():
 def test_classification_models_are_refused_with_a_reason():
     with pytest.raises(SystemExit, match="resnet18.*classification"):
         load_benchmark().main(["--model=resnet18"])
+
+
+def test_drive_image_timing_uses_the_drive_inference_at_the_asked_width():
+    benchmark = load_benchmark()
+    from configs import drive
+    own = drive.get_config()
+    assert benchmark.drive_inference_config(0).model.features == own.model.features
+    widened = benchmark.drive_inference_config(12)
+    assert widened.model.features == 12
+    assert widened.inference.to_dict() == own.inference.to_dict()
+    assert widened.model.depth == own.model.depth
