@@ -103,8 +103,8 @@ def summarize(counts: dict, cases: list[dict]) -> dict:
     labelled cases, empty ones by the empty rule), `dice_per_case_mean_positive` (over cases
     whose ground truth has foreground; None when none has) and `auc_roc_per_case_mean` (over
     cases whose AUC-ROC is defined, as vessel papers that average images report it; None when
-    none is); with second-observer counts, `human` (see `human_reference`). A split without ground truth has no metrics: only `num_examples`
-    and `labelled: False`.
+    none is); with second-observer counts, `human` (see `human_reference`). A split without
+    ground truth has no metrics: only `num_examples` and `labelled: False`.
     """
     summary = {"num_examples": int(counts["num_examples"])}
     if int(counts["num_labelled"]) == 0:
