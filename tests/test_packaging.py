@@ -20,10 +20,8 @@ def _files_under(root: Path, pattern: str) -> set[str]:
 
 def _expected_package_files() -> set[str]:
     datasets = REPO / "retina_jax" / "datasets"
-    package_dir = REPO / "retina_jax"
-    modules = {name for name in _files_under(package_dir, "**/*.py") if "/_build/" not in name}
-    return (modules | _files_under(datasets, "*/dummy_data/**/*") | _files_under(datasets, "*/data/**/*")
-            | _files_under(datasets, "*/checksums.tsv"))
+    return (_files_under(REPO / "retina_jax", "**/*.py") | _files_under(datasets, "*/dummy_data/**/*")
+            | _files_under(datasets, "*/data/**/*") | _files_under(datasets, "*/checksums.tsv"))
 
 
 @pytest.mark.slow
@@ -34,7 +32,8 @@ def test_wheel_holds_modules_dummy_data_and_built_in_data(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(wheel_dir), "--quiet"], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheel_dir.glob("retina_jax-*.whl")
-    wheel_files = set(zipfile.ZipFile(wheel).namelist())
+    with zipfile.ZipFile(wheel) as wheel_zip:
+        wheel_files = set(wheel_zip.namelist())
 
     expected = _expected_package_files()
     assert any("/dummy_data/" in name for name in expected) and any("/data/" in name for name in expected)
