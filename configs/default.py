@@ -143,6 +143,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # at the images' resolution): another camera's images at the training images' scale. A fixed
     # factor for this evaluation; config.input.fov_diameter chooses it from the images instead.
     config.inference.scale = 1.0
+    # Multi-scale TTA: average the probabilities over the images resized by each of these factors
+    # (relative to the scale above), e.g. (0.9, 1.0, 1.1) at 3x the model calls; () = 1.0 only.
+    config.inference.scale_tta = ()
 
     # --mode=predict (retina_jax/predict.py): a folder of a user's images through the workdir's
     # best checkpoint, with training's preprocessing.

@@ -18,6 +18,8 @@ rotations and reflections of a square (the dihedral group; 2x the model calls of
 probabilities are resized back, so that metrics and saved maps keep the image's own resolution.
 A model trained at one camera's resolution sees another's vessels at the widths it learned
 (DRIVE -> CHASE_DB1: 0.6, the ratio of their field-of-view diameters; README, DRIVE).
+`scale_tta` averages over several such views: the probabilities of the image resized by each
+of its factors (relative to `scale`), each resized back (multi-scale test-time augmentation).
 `config.input.fov_diameter` chooses that factor from the images themselves: the field-of-view
 diameter the model was trained at over the median FOV width of the split evaluated
 (`scale_to_fov`; per image in `--mode=predict`). Training draws its crops at the same scale
@@ -84,6 +86,18 @@ def at_scale(predict: Predict, scale: float) -> Predict:
         probabilities = predict(variables, jax.image.resize(images, (batch, *scaled_size, channels), "linear"))
         return jax.image.resize(probabilities, (batch, height, width, probabilities.shape[-1]), "linear")
     return predict_resampled
+
+
+def at_scales(predict: Predict, scales) -> Predict:
+    """`predict` averaged over its input resized by each of `scales` (`at_scale`; a factor of 1
+    runs `predict` on the input as it is)."""
+    views = [predict if scale == 1 else at_scale(predict, scale) for scale in scales]
+    if len(views) == 1:
+        return views[0]
+
+    def predict_multiscale(variables, images):
+        return sum(view(variables, images) for view in views) / len(views)
+    return predict_multiscale
 
 
 def fov_width(fov: np.ndarray) -> int:
@@ -186,8 +200,11 @@ def make_predictor(model, config, scale: float | None = None) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
     `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`
-    (`config.scale` when None; the caller's `scale_to_fov` with `config.input.fov_diameter`)."""
+    (`config.scale` when None; the caller's `scale_to_fov` with `config.input.fov_diameter`), or
+    averaged over the images resized by `scale` times each factor of `scale_tta`."""
     scale = config.scale if scale is None else scale
+    if any(factor <= 0 for factor in config.scale_tta):
+        raise ValueError(f"config.inference.scale_tta must hold positive factors, got {tuple(config.scale_tta)}.")
     predict = model_probabilities(model)
     if config.flip_tta:
         predict = with_flip_tta(predict)
@@ -198,4 +215,4 @@ def make_predictor(model, config, scale: float | None = None) -> Predict:
                                     overlap=config.overlap, tile_batch=config.tile_batch)
     elif config.method != "whole":
         raise ValueError(f"config.inference.method must be one of {METHODS}, got {config.method!r}.")
-    return predict if scale == 1 else at_scale(predict, scale)
+    return at_scales(predict, [scale * factor for factor in config.scale_tta] or [scale])

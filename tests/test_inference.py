@@ -134,14 +134,14 @@ def test_flip_and_transpose_tta_average_over_the_8_rotations_and_reflections():
             views.append(np.rot90(out, -turns))
     assert np.ptp(np.stack(views), axis=0).max() > 0.1  # the views do disagree
     predict = inference.make_predictor(LeftNeighbourModel(), ml_collections.ConfigDict(
-        {"method": "whole", "flip_tta": True, "transpose_tta": True, "scale": 1.0}))
+        {"method": "whole", "flip_tta": True, "transpose_tta": True, "scale": 1.0, "scale_tta": ()}))
     np.testing.assert_allclose(predict(VARIABLES, images)[0, :, :, 0], np.mean(views, axis=0), rtol=1e-5)
 
 
 def test_make_predictor_names_an_unknown_method():
     config = ml_collections.ConfigDict({"method": "tiles", "tile_size": 16, "overlap": 0.25,
                                         "tile_batch": 1, "flip_tta": False,
-                                        "transpose_tta": False, "scale": 1.0})
+                                        "transpose_tta": False, "scale": 1.0, "scale_tta": ()})
     with pytest.raises(ValueError, match="config.inference.method must be one of"):
         inference.make_predictor(None, config)
     with pytest.raises(ValueError, match="overlap must be in"):
@@ -177,7 +177,7 @@ class PixelwiseModel:
 def test_make_predictor_resamples_the_whole_sliding_window_only_at_a_scale_other_than_1():
     images = jax.random.normal(jax.random.key(4), (1, 20, 30, 1))
     settings = {"method": "sliding_window", "tile_size": 8, "overlap": 0.25, "tile_batch": 2,
-                "flip_tta": False, "transpose_tta": False}
+                "flip_tta": False, "transpose_tta": False, "scale_tta": ()}
     native = inference.make_predictor(PixelwiseModel(), ml_collections.ConfigDict({**settings, "scale": 1.0}))
     np.testing.assert_allclose(native(VARIABLES, images), pixelwise(VARIABLES, images), rtol=1e-6)
     halved = inference.make_predictor(PixelwiseModel(), ml_collections.ConfigDict({**settings, "scale": 0.5}))
@@ -186,6 +186,39 @@ def test_make_predictor_resamples_the_whole_sliding_window_only_at_a_scale_other
     assert np.abs(np.asarray(expected) - np.asarray(pixelwise(VARIABLES, images))).max() > 0.05  # noise does not survive
     explicit = inference.make_predictor(PixelwiseModel(), ml_collections.ConfigDict({**settings, "scale": 1.0}), 0.5)
     np.testing.assert_allclose(explicit(VARIABLES, images), expected, rtol=1e-6)
+
+
+class RecordingPixelwiseModel:
+    """PixelwiseModel that records the shape of every batch it is shown."""
+
+    def __init__(self):
+        self.seen_shapes = []
+
+    def apply(self, variables, images, train):
+        self.seen_shapes.append(images.shape)
+        return PixelwiseModel.apply(variables, images, train)
+
+
+def test_scale_tta_averages_the_views_at_each_factor_times_the_scale():
+    """At scale 2 with factors (0.5, 1, 1.5) the model sees the 20x30 image at 1x (as it is), 2x
+    and 3x, and the result is the mean of those three views, each back at 20x30."""
+    images = jax.random.normal(jax.random.key(5), (1, 20, 30, 1))
+    model = RecordingPixelwiseModel()
+    settings = ml_collections.ConfigDict({"method": "whole", "flip_tta": False, "transpose_tta": False,
+                                          "scale": 1.0, "scale_tta": (0.5, 1.0, 1.5)})
+    out = inference.make_predictor(model, settings, 2.0)(VARIABLES, images)
+    assert model.seen_shapes == [(1, 20, 30, 1), (1, 40, 60, 1), (1, 60, 90, 1)] and out.shape == (1, 20, 30, 1)
+    views = [pixelwise(VARIABLES, images), inference.at_scale(pixelwise, 2.0)(VARIABLES, images),
+             inference.at_scale(pixelwise, 3.0)(VARIABLES, images)]
+    np.testing.assert_allclose(out, np.mean(views, axis=0), rtol=1e-6)
+    assert np.abs(np.asarray(views[0]) - np.asarray(views[2])).max() > 0.05  # the views differ
+    single = settings.copy_and_resolve_references()
+    single.scale_tta = (1.0,)
+    np.testing.assert_array_equal(inference.make_predictor(PixelwiseModel(), single)(VARIABLES, images),
+                                  pixelwise(VARIABLES, images))
+    single.scale_tta = (1.0, 0.0)
+    with pytest.raises(ValueError, match=r"scale_tta must hold positive factors, got \(1.0, 0.0\)"):
+        inference.make_predictor(PixelwiseModel(), single)
 
 
 def disc(height: int, width: int, radius: float, centre_row: float) -> np.ndarray:
