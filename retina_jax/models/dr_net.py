@@ -26,7 +26,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Identity, he_normal
+from retina_jax.models.layers import (BN_EPSILON, BN_MOMENTUM, Dropout, Identity, he_normal,
+                                      max_pool_2x2)
 
 LEAKY_SLOPE = 0.01
 WIDTH_MULTIPLIERS = (1, 2, 4, 8, 16)
@@ -67,7 +68,7 @@ class VGGStage(nn.Module):
         for i in range(CONVS_PER_STAGE):
             x = ConvNormAct(self.features, 3, 1, self.batch_norm, self.dtype, name=f"conv{i}")(
                 x, train=train)
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool_2x2(x)
 
 
 @register("dr_net", task="classification", input_shape=(512, 512, 3), paper="VGG-style DR grading CNN after DeepSense (own design)")
@@ -90,7 +91,7 @@ class DRNet(nn.Module):
         x = Identity(name="pre_logits")(x)
         # Average pooling sees diffuse disease, max pooling a single lesion; both, for any size.
         x = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
         x = leaky_relu(nn.Dense(HIDDEN_FEATURES, dtype=self.dtype, name="hidden")(dropout(x)))
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(dropout(x))
         return logits.astype(jnp.float32)

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import ConvBlock, Identity, crop_to, he_normal, pad_to_multiple
+from retina_jax.models.layers import (ConvBlock, Dropout, Identity, crop_to, he_normal, max_pool_2x2,
+                                      pad_to_multiple)
 
 
 class DropoutConvPair(nn.Module):
@@ -45,7 +46,7 @@ class DropoutConvPair(nn.Module):
     def __call__(self, x, *, train: bool):
         x = ConvBlock(self.first_features, num_convs=1, batch_norm=self.batch_norm, dtype=self.dtype,
                       name="conv_a")(x, train=train)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
         return ConvBlock(self.second_features, num_convs=1, batch_norm=self.batch_norm,
                          dtype=self.dtype, name="conv_b")(x, train=train)
 
@@ -67,7 +68,7 @@ class Hourglass(nn.Module):
         for level in range(self.depth):
             width = self.features * 4 ** level
             x = self._pair(width, 2 * width, self.dropout, f"encoder{level}")(x, train=train)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         width = self.features * 4 ** self.depth
         x = self._pair(width, width, self.bottleneck_dropout, "bottleneck")(x, train=train)
         for level in reversed(range(self.depth)):

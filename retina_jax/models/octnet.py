@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import Identity, he_normal
+from retina_jax.models.layers import Dropout, Identity, he_normal, max_pool_2x2
 
 # PyTorch BatchNorm2d defaults (torch momentum 0.1 == flax momentum 0.9): the notebook's.
 TORCH_BN_MOMENTUM = 0.9
@@ -54,7 +54,7 @@ class OctNetBlock(nn.Module):
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=TORCH_BN_MOMENTUM,
                              epsilon=TORCH_BN_EPSILON, dtype=self.dtype, name="bn")(x)
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool_2x2(x)
 
 
 @register("octnet", task="classification", input_shape=(227, 227, 1), paper="OctNET (seed OCT classifier notebook)")
@@ -77,5 +77,5 @@ class OctNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         for i, features in enumerate(MLP_FEATURES):
             x = nn.relu(nn.Dense(features, dtype=self.dtype, name=f"mlp{i}")(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

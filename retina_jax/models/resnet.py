@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import Identity, crop_to, pad_to_multiple
+from retina_jax.models.layers import Dropout, Identity, crop_to, pad_to_multiple
 
 # PyTorch BatchNorm2d defaults (torch momentum 0.1 == flax momentum 0.9).
 TORCH_BN_MOMENTUM = 0.9
@@ -221,7 +221,7 @@ class ResNet34UNet(nn.Module):
         # Skips by decoder stage: layer3 (1/16), layer2 (1/8), layer1 (1/4), stem (1/2), none.
         skips = [stages[2], stages[1], stages[0], stem, None]
         x = stages[3]
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
         last = len(self.decoder_features) - 1
         for level, (features, skip) in enumerate(zip(self.decoder_features, skips)):
             x = _resize(x, 2 * x.shape[1], 2 * x.shape[2])

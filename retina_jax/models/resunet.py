@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import (BN_EPSILON, BN_MOMENTUM, Identity, crop_to, he_normal,
-                                      pad_to_multiple)
+from retina_jax.models.layers import (BN_EPSILON, BN_MOMENTUM, Dropout, Identity, crop_to, he_normal,
+                                      max_pool_2x2, pad_to_multiple)
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, strides: int = 1,
@@ -153,7 +153,7 @@ class AttentionGate(nn.Module):
         norm = dict(batch_norm=self.batch_norm, train=train, dtype=self.dtype)
         from_skip = _conv(features, 3, self.dtype, "skip_conv")(
             nn.relu(_norm(skip, name="skip_bn", **norm)))
-        from_skip = nn.max_pool(from_skip, (2, 2), strides=(2, 2))
+        from_skip = max_pool_2x2(from_skip)
         from_x = _conv(features, 3, self.dtype, "x_conv")(nn.relu(_norm(x, name="x_bn", **norm)))
         combined = nn.relu(_norm(from_skip + from_x, name="sum_bn", **norm))
         attention = nn.sigmoid(_conv(features, 3, self.dtype, "attention_conv")(combined))
@@ -177,7 +177,7 @@ class ResUNet(nn.Module):
             raise ValueError(f"ResUNet.depth must be at least 1, got {self.depth}.")
         x, input_size = pad_to_multiple(images, 2 ** self.depth)
         x = x.astype(self.dtype)
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
         unit = dict(batch_norm=self.batch_norm, dtype=self.dtype)
         x = ResidualUnit(self.features, stem=True, name="stem", **unit)(x, train=train)
         skips = [x]
@@ -216,7 +216,7 @@ class ResUNetPlusPlus(nn.Module):
             raise ValueError(f"ResUNetPlusPlus.depth must be at least 1, got {self.depth}.")
         x, input_size = pad_to_multiple(images, 2 ** self.depth)
         x = x.astype(self.dtype)
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
         unit = dict(batch_norm=self.batch_norm, dtype=self.dtype)
         x = ResidualUnit(self.features, stem=True, name="stem", **unit)(x, train=train)
         x = SqueezeExcite(self.se_ratio, dtype=self.dtype, name="stem_se")(x)

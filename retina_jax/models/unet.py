@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import ConvBlock, Identity, crop_to, pad_to_multiple
+from retina_jax.models.layers import (ConvBlock, Dropout, Identity, crop_to, max_pool_2x2,
+                                      pad_to_multiple)
 
 
 @register("unet", paper="Ronneberger et al. 2015, U-Net (seed Keras defaults)")
@@ -44,12 +45,12 @@ class UNet(nn.Module):
         x, input_size = pad_to_multiple(images, 2 ** self.depth)
         padded_size = x.shape[1:3]
         x = x.astype(self.dtype)
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
         skips = []
         for level in range(self.depth):
             x = self._conv_block(self.features * 2 ** level, f"encoder{level}")(x, train=train)
             skips.append(x)
-            x = dropout(nn.max_pool(x, (2, 2), strides=(2, 2)))
+            x = dropout(max_pool_2x2(x))
         x = self._conv_block(self.features * 2 ** self.depth, "bottleneck")(x, train=train)
         for level in reversed(range(self.depth)):
             features = self.features * 2 ** level

@@ -31,7 +31,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retina_jax.models import register
-from retina_jax.models.layers import ConvBlock, Identity, crop_to, pad_to_multiple
+from retina_jax.models.layers import (ConvBlock, Dropout, Identity, crop_to, max_pool_2x2,
+                                      pad_to_multiple)
 
 DEEP_SUPERVISION_MODES = ("none", "average", "last")
 
@@ -53,13 +54,13 @@ class UNetPlusPlus(nn.Module):
                              f"got {self.deep_supervision!r}.")
         x, input_size = pad_to_multiple(images, 2 ** self.depth)
         x = x.astype(self.dtype)
-        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        dropout = Dropout(self.dropout, deterministic=not train)
 
         # nodes[i][j] holds X^{i,j}.
         nodes = [[] for _ in range(self.depth + 1)]
         for level in range(self.depth + 1):
             if level > 0:
-                x = dropout(nn.max_pool(nodes[level - 1][0], (2, 2), strides=(2, 2)))
+                x = dropout(max_pool_2x2(nodes[level - 1][0]))
             name = "bottleneck" if level == self.depth else f"encoder{level}"
             nodes[level].append(self._conv_block(level, name)(x, train=train))
 
