@@ -15,8 +15,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dtype = "float32"
     # CPU convolutions: "xla" (XLA's own) or "onednn" (oneDNN through a JAX FFI custom call: the
     # seed U-Net trains ~2x faster on CPU; built by scripts/build_onednn.sh, which scripts/test.sh
-    # runs; without the build XLA's are used, with a warning). GPU/TPU always use XLA's native
-    # convolutions, and so do bfloat16 ones.
+    # runs; without the build XLA's are used, with a warning), or "onednn_bf16" (oneDNN with
+    # bfloat16 products accumulated in float32, as TPUs run float32 convolutions by default; the
+    # model stays float32; on CPUs with bfloat16 instructions, else float32 oneDNN with a
+    # warning). A bfloat16 `dtype` runs oneDNN's bfloat16 kernels under either oneDNN setting.
+    # GPU/TPU always use XLA's native convolutions.
     config.conv = "onednn"
     # JAX's persistent compilation cache: a folder for compiled programs, reused by later runs
     # with the same shapes (resumes, evaluations); "" = off.

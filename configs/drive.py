@@ -78,6 +78,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # steps on this 2-core CPU) and 0.78 s against 0.31 s a DRIVE image with flip TTA (README).
     config.model.features = 16
     config.model.depth = 4
+    # Convolutions multiply in bfloat16 and accumulate in float32 (the model stays float32): the
+    # same validation score as float32 (AUC-ROC / best F1 0.9793 / 0.8176 against 0.9794 /
+    # 0.8172 and 0.9794 / 0.8186), a train step of 480 ms against 642 ms (6000 steps trained in
+    # 2932 s on 2026-12-05), 0.50 s against 0.80 s a DRIVE image with flip TTA (README, Speed).
+    # CPUs without bfloat16 instructions run float32 oneDNN (configs/default.py).
+    config.conv = "onednn_bf16"
 
     config.train.batch_size = 16
     config.train.num_steps = 6000

@@ -15,8 +15,8 @@ per image (XLA cost analysis), achieved GFLOP/s against this machine's peak, the
 time spent waiting for the real tf.data pipeline, compile seconds, peak memory, and the
 plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference; with
 --sliding_window also `drive_image_seconds`: configs/drive.py's evaluation inference (its model,
-at its width or --features if given; sliding window, flip TTA) of one 565x584 DRIVE image, median
-of --steps calls.
+at its width or --features if given, with --conv and --dtype; sliding window, flip TTA) of one
+565x584 DRIVE image on one device, median of --steps calls.
 """
 import argparse
 import functools
@@ -68,9 +68,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the plain-Flax peer U-Net (--model=unet only)")
     parser.add_argument("--reference_dir", default=str(REPO.parent / "shared" / "bench"))
-    parser.add_argument("--conv", choices=("xla", "onednn"), default=default.get_config().conv,
+    parser.add_argument("--conv", choices=onednn_conv.CONV_IMPLEMENTATIONS, default=default.get_config().conv,
                         help="CPU convolutions: XLA's, or oneDNN's through retina_jax/ops/onednn_conv.py "
-                             "(build it with scripts/build_onednn.sh; XLA's are used if it is absent)")
+                             "(build it with scripts/build_onednn.sh; XLA's are used if it is absent); "
+                             "onednn_bf16: bfloat16 products accumulated in float32")
     parser.add_argument("--dtype", choices=train.COMPUTE_DTYPES, default="float32",
                         help="compute dtype (bfloat16: mixed precision, float32 parameters)")
     parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
@@ -262,20 +263,26 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
 DRIVE_IMAGE_SHAPE = (584, 565)  # height, width
 
 
-def drive_inference_config(features: int = 0):
-    """configs/drive.py's config, at base width `features` unless 0 (its own width then)."""
+def drive_inference_config(features: int = 0, conv: str | None = None, dtype: str | None = None):
+    """configs/drive.py's config, at base width `features` unless 0 (its own width then), with
+    convolutions `conv` and compute dtype `dtype` unless None (its own then)."""
     from configs import drive
     config = drive.get_config()
     if features:
         config.model.features = features
+    if conv is not None:
+        config.conv = conv
+    if dtype is not None:
+        config.dtype = dtype
     return config
 
 
-def drive_image_seconds(warmup: int, steps: int, features: int = 0) -> float:
+def drive_image_seconds(warmup: int, steps: int, features: int = 0, conv: str | None = None,
+                        dtype: str | None = None) -> float:
     """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
-    at base width `features` unless 0, its sliding window and flip TTA, jitted) on one DRIVE-sized
-    image, after compile + warm-up."""
-    config = drive_inference_config(features)
+    at base width `features` unless 0, its sliding window and flip TTA, jitted; `conv` and
+    `dtype` as in `drive_inference_config`) on one DRIVE-sized image, after compile + warm-up."""
+    config = drive_inference_config(features, conv, dtype)
     model = train.build_model(config)
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False)
     variables = {key: variables[key] for key in ("params", "batch_stats")}
@@ -352,7 +359,7 @@ def main(argv: list[str]) -> None:
           f"infer {reference['infer_img_per_s']} img/s; this step is {ratio['train']:.2f}x (train), "
           f"{ratio['infer']:.2f}x (infer)" if reference else f"reference: {reason}")
 
-    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features)
+    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features, args.conv, args.dtype)
                      if args.sliding_window else None)
     print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + flip TTA): "
           f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")

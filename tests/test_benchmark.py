@@ -84,3 +84,6 @@ def test_drive_image_timing_uses_the_drive_inference_at_the_asked_width():
     assert widened.model.features == 12
     assert widened.inference.to_dict() == own.inference.to_dict()
     assert widened.model.depth == own.model.depth
+    assert (widened.conv, widened.dtype) == (own.conv, own.dtype)
+    timed = benchmark.drive_inference_config(0, "onednn_bf16", "bfloat16")
+    assert (timed.conv, timed.dtype) == ("onednn_bf16", "bfloat16")

@@ -83,6 +83,119 @@ def test_conv_transpose_matches_xla(hw, k, stride, padding, cin, cout, transpose
     _assert_close(ours, ref)
 
 
+needs_bf16 = pytest.mark.skipif(not onednn_conv.cpu_has_bf16(),
+                                reason="this CPU has no bfloat16 instructions: bf16 convs stay on XLA")
+
+
+def _bf16_against_float32(conv_fn, x, w):
+    """Ours in bfloat16 against XLA in float32 on the same bf16-rounded inputs: values and
+    gradients must be bfloat16, within bfloat16's resolution of the float32 result."""
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    ours = _value_and_grads(conv_fn(onednn_conv), x16, w16)
+    ref = _value_and_grads(conv_fn(lax), x16.astype(jnp.float32), w16.astype(jnp.float32))
+    for a, b in zip(ours, ref):
+        assert a.dtype == jnp.bfloat16 and a.shape == b.shape
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b), rtol=2 ** -7, atol=scale * 2 ** -7)
+
+
+@needs_lib
+@needs_bf16
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_conv_runs_onednn_and_matches_float32(stride):
+    x, w = _data((2, 9, 8, 16), (3, 3, 16, 8), seed=2)
+
+    def conv_fn(ops):
+        return functools.partial(ops.conv_general_dilated, window_strides=(stride, stride),
+                                 padding="SAME", dimension_numbers=NHWC)
+    hlo = jax.jit(conv_fn(onednn_conv)).lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
+    assert "retina_onednn_conv_fwd" in hlo and "convolution" not in hlo
+    _bf16_against_float32(conv_fn, x, w)
+
+
+@needs_lib
+@needs_bf16
+def test_bfloat16_conv_transpose_matches_float32():
+    x, w = _data((2, 4, 5, 16), (3, 3, 16, 8), seed=3)
+    _bf16_against_float32(lambda ops: functools.partial(
+        ops.conv_transpose, strides=(2, 2), padding="SAME", dimension_numbers=NHWC), x, w)
+
+
+def _rounded(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@needs_lib
+@needs_bf16
+@pytest.mark.parametrize("transpose", [False, True])
+def test_bfloat16_operands_give_float32_results_of_the_rounded_operands(transpose):
+    """operand_dtype='bfloat16' (conv='onednn_bf16'): float32 in and out; the output is XLA's
+    float32 convolution of the bf16-rounded operands (float32 accumulation); output and
+    gradients are within bfloat16's resolution of the float32 ones, and not equal to them."""
+    x, w = _data((2, 9, 8, 16), (3, 3, 16, 8), seed=4)
+    if transpose:
+        def conv_fn(ops, **kw):
+            return functools.partial(ops.conv_transpose, strides=(2, 2), padding="SAME",
+                                     dimension_numbers=NHWC, **kw)
+    else:
+        def conv_fn(ops, **kw):
+            return functools.partial(ops.conv_general_dilated, window_strides=(2, 2),
+                                     padding="SAME", dimension_numbers=NHWC, **kw)
+    ours = _value_and_grads(conv_fn(onednn_conv, operand_dtype="bfloat16"), x, w)
+    emulated = _value_and_grads(lambda x, w: conv_fn(lax)(_rounded(x), _rounded(w)), x, w)
+    exact = _value_and_grads(conv_fn(lax), x, w)
+    assert all(a.dtype == jnp.float32 for a in ours)
+    np.testing.assert_allclose(ours[0], emulated[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, exact):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(a, b, atol=scale * 2 ** -7)
+        assert float(jnp.abs(a - b).max()) > 0  # bfloat16 products: not the float32 result
+
+
+@needs_lib
+@needs_bf16
+def test_onednn_bf16_model_keeps_float32_parameters_and_outputs_close_to_float32():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3))(x))
+            return nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding="SAME")(x)
+    model, (x, _) = Net(), _data((2, 8, 8, 3), (1, 1, 1, 1))
+    ours = onednn_conv.with_conv(model, "onednn_bf16")
+    params = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(lambda a: a.dtype, params) == jax.tree.map(
+        lambda a: a.dtype, model.init(jax.random.key(0), x))
+    hlo = jax.jit(ours.apply).lower(params, x).as_text()
+    assert "retina_onednn_conv" in hlo and "bf16" in hlo
+    y, ref = ours.apply(params, x), model.apply(params, x)
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, ref, atol=float(jnp.abs(ref).max()) * 2 ** -6)
+
+
+@needs_lib
+def test_onednn_bf16_runs_float32_onednn_without_bf16_instructions(monkeypatch, caplog):
+    monkeypatch.setattr(onednn_conv, "cpu_has_bf16", lambda: False)
+    monkeypatch.setitem(onednn_conv._state, "warned_bf16", False)
+    with caplog.at_level("WARNING"):
+        assert onednn_conv.effective("onednn_bf16") == "onednn"
+        assert onednn_conv.effective("onednn_bf16") == "onednn"
+    assert sum("no bfloat16 instructions" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="conv implementation must be one of"):
+        onednn_conv.effective("bf16")
+
+
+@needs_lib
+def test_bfloat16_stays_on_xla_without_bf16_instructions(monkeypatch):
+    x, w = _data((1, 8, 8, 2), (3, 3, 2, 4))
+    conv = jax.jit(functools.partial(onednn_conv.conv_general_dilated, window_strides=(1, 1),
+                                     padding="SAME", dimension_numbers=NHWC))
+    monkeypatch.setattr(onednn_conv, "cpu_has_bf16", lambda: False)
+    hlo = conv.lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
+    assert "retina_onednn_conv" not in hlo and "convolution" in hlo
+
+
 @needs_lib
 def test_uses_the_custom_call_on_cpu_only():
     x, w = _data((1, 8, 8, 2), (3, 3, 2, 4))

@@ -42,7 +42,8 @@ def test_evaluation_applies_the_trained_fields_and_keeps_the_commands_own(tmp_pa
     assert merged.input.gamma == 0.5 and merged.eval.split == "test"
     assert merged.eval.checkpoint == "latest", "which checkpoint is the model is the recipe's"
     # Invocation fields come from the command even where the record differs.
-    assert merged.inference.flip_tta is True and merged.parallel.num_devices == 0 and merged.conv == "onednn"
+    assert merged.inference.flip_tta is True and merged.parallel.num_devices == 0
+    assert merged.conv == command.conv == "onednn_bf16"
     assert command.model.features == 4, "the command's config is left as it was"
     recorded, applied = run_config.flatten_config(trained), run_config.flatten_config(merged)
     differing = {key for key in recorded if applied[key] != recorded[key]}

@@ -1,7 +1,10 @@
-// XLA FFI handlers that run 2-D convolutions (NHWC activations, HWIO weights, float32) through
-// oneDNN: forward, backward-data and backward-weights. The transposed convolution is the
+// XLA FFI handlers that run 2-D convolutions (NHWC activations, HWIO weights) through oneDNN:
+// forward, backward-data and backward-weights. The transposed convolution is the
 // backward-data primitive of the matching forward convolution, so three handlers cover
 // conv, its VJP, the transposed conv and its VJP (see retina_jax/ops/onednn_conv.py).
+//
+// The two operands of a call share one type, float32 or bfloat16; the result is float32 or
+// bfloat16 (bfloat16 operands with a float32 result: bf16 products accumulated in float32).
 //
 // Primitives are created once per (kind, shapes, strides, pads, weight-format) and cached.
 // Activations stay in JAX's dense NHWC layout (no reorders); weights are either used as HWIO
@@ -41,8 +44,9 @@ dnnl::stream& Stream() {  // one in-order stream per calling thread
 
 enum Kind : int { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
-// N, C_in, H, W, C_out, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, weights_any, kind
-using Key = std::array<int64_t, 17>;
+// N, C_in, H, W, C_out, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, weights_any, kind,
+// operands bf16, result bf16
+using Key = std::array<int64_t, 19>;
 
 struct Entry {
   dnnl::primitive prim;
@@ -58,22 +62,32 @@ std::mutex g_mutex;
 std::map<Key, std::shared_ptr<Entry>> g_cache;
 
 std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
-  auto [N, IC, H, W, OC, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, wmode, kind] = k;
+  auto [N, IC, H, W, OC, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, wmode, kind, op_bf16, res_bf16] = k;
+  const dt op = op_bf16 ? dt::bf16 : dt::f32, res = res_bf16 ? dt::bf16 : dt::f32;
+  // The result is dst (forward), diff_src (backward-data) or diff_weights (backward-weights).
+  const dt src_t = kind == kBwdData ? res : op, dst_t = kind == kFwd ? res : op,
+           wei_t = kind == kBwdWeights ? res : op;
   memory::dims src_dims = {N, IC, H, W}, dst_dims = {N, OC, OH, OW}, wei_dims = {OC, IC, KH, KW};
   memory::dims strides = {sh, sw}, pad_l = {pt, pl}, pad_r = {pb, pr};
-  auto src_md = memory::desc(src_dims, dt::f32, tag::nhwc);
-  auto dst_md = memory::desc(dst_dims, dt::f32, tag::nhwc);
-  auto wei_user_md = memory::desc(wei_dims, dt::f32, tag::hwio);
-  auto wei_md = weights_any ? memory::desc(wei_dims, dt::f32, tag::any) : wei_user_md;
+  auto src_md = memory::desc(src_dims, src_t, tag::nhwc);
+  auto dst_md = memory::desc(dst_dims, dst_t, tag::nhwc);
+  auto wei_user_md = memory::desc(wei_dims, wei_t, tag::hwio);
+  auto wei_md = weights_any ? memory::desc(wei_dims, wei_t, tag::any) : wei_user_md;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto& eng = Engine();
-  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
-      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_md, wei_md,
-      dst_md, strides, pad_l, pad_r, attr);
+  // The backward primitives' hint: the forward convolution with every buffer of the operands' type.
+  auto hint_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      memory::desc(src_dims, op, tag::nhwc),
+      memory::desc(wei_dims, op, weights_any ? tag::any : tag::hwio),
+      memory::desc(dst_dims, op, tag::nhwc), strides, pad_l, pad_r, attr);
   auto e = std::make_shared<Entry>();
   e->wei_user_md = wei_user_md;
   if (kind == kFwd) {
+    auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_md,
+        wei_md, dst_md, strides, pad_l, pad_r, attr);
     e->prim = dnnl::convolution_forward(fwd_pd);
     e->src_md = fwd_pd.src_desc(); e->wei_md = fwd_pd.weights_desc(); e->dst_md = fwd_pd.dst_desc();
     e->scratch_md = fwd_pd.scratchpad_desc();
@@ -81,7 +95,7 @@ std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
   } else if (kind == kBwdData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
-        fwd_pd, attr);
+        hint_pd, attr);
     e->prim = dnnl::convolution_backward_data(pd);
     e->src_md = pd.diff_src_desc(); e->wei_md = pd.weights_desc(); e->dst_md = pd.diff_dst_desc();
     e->scratch_md = pd.scratchpad_desc();
@@ -89,7 +103,7 @@ std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
-        fwd_pd, attr);
+        hint_pd, attr);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->src_md = pd.src_desc(); e->wei_md = pd.diff_weights_desc(); e->dst_md = pd.diff_dst_desc();
     e->scratch_md = pd.scratchpad_desc();
@@ -125,10 +139,16 @@ std::shared_ptr<Entry> Lookup(const Key& k) {
   return e;
 }
 
-// x: (N,H,W,IC) conv input; y: (N,OH,OW,OC) conv output; w: (KH,KW,IC,OC).
-ffi::Error Run(Kind kind, float* x, float* w, float* y, ffi::Span<const int64_t> xd,
-               ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, int64_t sh, int64_t sw,
-               int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t weights_any) {
+bool Supported(ffi::DataType type) { return type == ffi::DataType::F32 || type == ffi::DataType::BF16; }
+
+// x: (N,H,W,IC) conv input; y: (N,OH,OW,OC) conv output; w: (KH,KW,IC,OC). The two operands of
+// `kind` are of type `op`, its result of type `res`.
+ffi::Error Run(Kind kind, ffi::DataType op, ffi::DataType res, void* x, void* w, void* y,
+               ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+               ffi::Span<const int64_t> yd, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+               int64_t pl, int64_t pr, int64_t weights_any) {
+  if (!Supported(op) || !Supported(res))
+    return ffi::Error::InvalidArgument("onednn_conv: expected float32 or bfloat16 buffers");
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
     return ffi::Error::InvalidArgument("onednn_conv: expected rank-4 NHWC / HWIO buffers");
   if (xd[3] != wd[2] || yd[3] != wd[3] || xd[0] != yd[0])
@@ -136,7 +156,8 @@ ffi::Error Run(Kind kind, float* x, float* w, float* y, ffi::Span<const int64_t>
   try {
     if (g_num_threads > 0) omp_set_num_threads(g_num_threads);
     Key key = {xd[0], xd[3], xd[1], xd[2], yd[3], wd[0], wd[1], yd[1], yd[2],
-               sh, sw, pt, pb, pl, pr, weights_any, kind};
+               sh, sw, pt, pb, pl, pr, weights_any, kind, op == ffi::DataType::BF16,
+               res == ffi::DataType::BF16};
     auto e = Lookup(key);
     auto& eng = Engine();
     auto& strm = Stream();
@@ -169,36 +190,41 @@ ffi::Error Run(Kind kind, float* x, float* w, float* y, ffi::Span<const int64_t>
   return ffi::Error::Success();
 }
 
-using F32 = ffi::Buffer<ffi::F32>;
-using F32Ret = ffi::ResultBuffer<ffi::F32>;
+using Buf = ffi::AnyBuffer;
+using BufRet = ffi::Result<ffi::AnyBuffer>;
 
-ffi::Error FwdImpl(F32 x, F32 w, F32Ret y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+ffi::Error Mixed() { return ffi::Error::InvalidArgument("onednn_conv: the two operands' types differ"); }
+
+ffi::Error FwdImpl(Buf x, Buf w, BufRet y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr, int64_t weights_any) {
-  return Run(kFwd, x.typed_data(), w.typed_data(), y->typed_data(), x.dimensions(),
-             w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+  if (w.element_type() != x.element_type()) return Mixed();
+  return Run(kFwd, x.element_type(), y->element_type(), x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
 }
 
 // dy: conv output gradient, w: weights -> dx (the result's shape is the conv input's).
-ffi::Error BwdDataImpl(F32 dy, F32 w, F32Ret dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+ffi::Error BwdDataImpl(Buf dy, Buf w, BufRet dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                        int64_t pl, int64_t pr, int64_t weights_any) {
-  return Run(kBwdData, dx->typed_data(), w.typed_data(), dy.typed_data(), dx->dimensions(),
-             w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+  if (w.element_type() != dy.element_type()) return Mixed();
+  return Run(kBwdData, dy.element_type(), dx->element_type(), dx->untyped_data(), w.untyped_data(), dy.untyped_data(),
+             dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
 }
 
 // x: conv input, dy: conv output gradient -> dw (HWIO).
-ffi::Error BwdWeightsImpl(F32 x, F32 dy, F32Ret dw, int64_t sh, int64_t sw, int64_t pt,
+ffi::Error BwdWeightsImpl(Buf x, Buf dy, BufRet dw, int64_t sh, int64_t sw, int64_t pt,
                           int64_t pb, int64_t pl, int64_t pr, int64_t weights_any) {
-  return Run(kBwdWeights, x.typed_data(), dw->typed_data(), dy.typed_data(), x.dimensions(),
-             dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
+  if (dy.element_type() != x.element_type()) return Mixed();
+  return Run(kBwdWeights, x.element_type(), dw->element_type(), x.untyped_data(), dw->untyped_data(), dy.untyped_data(),
+             x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, weights_any);
 }
 
 }  // namespace
 
 #define RETINA_CONV_BINDING(ARG0, ARG1)          \
   ffi::Ffi::Bind()                               \
-      .Arg<F32>()                                \
-      .Arg<F32>()                                \
-      .Ret<F32>()                                \
+      .Arg<Buf>()                                \
+      .Arg<Buf>()                                \
+      .Ret<Buf>()                                \
       .Attr<int64_t>("sh")                       \
       .Attr<int64_t>("sw")                       \
       .Attr<int64_t>("pt")                       \
@@ -225,7 +251,8 @@ const char* retina_onednn_describe(int i) {
     static const char* kinds[] = {"fwd", "bwd_data", "bwd_weights"};
     out = std::string(kinds[key[16]]) + " N" + std::to_string(key[0]) + " " + std::to_string(key[2]) +
           "x" + std::to_string(key[3]) + " " + std::to_string(key[1]) + "->" + std::to_string(key[4]) +
-          " k" + std::to_string(key[5]) + " s" + std::to_string(key[9]) + ": " + e->impl +
+          " k" + std::to_string(key[5]) + " s" + std::to_string(key[9]) +
+          (key[17] ? " bf16" : " f32") + (key[18] ? "->bf16" : "->f32") + ": " + e->impl +
           (e->reorder_weights ? " (blocked weights)" : " (hwio weights)");
     break;
   }
