@@ -1,4 +1,4 @@
-"""Shared layers: the reshape max-pool and the 16-bit dropout against flax's, and their statistics."""
+"""Shared layers: the element-wise max-pool and the 16-bit dropout against flax's, and their statistics."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -68,7 +68,7 @@ def _max_pool_2x2_fwd(x):
     windows = x[:, : height - height % 2, : width - width % 2].reshape(
         batch, height // 2, 2, width // 2, 2, channels)
     c0, c1, c2, c3 = (windows[:, :, i, :, j] for i in (0, 1) for j in (0, 1))
-    # The first maximum in window order; `~(a < b)` rather than `a >= b` keeps a NaN.
+    # The first maximum in window order (a tie goes to the earlier element, as in nn.max_pool).
     first0 = ~(c0 < c1) & ~(c0 < c2) & ~(c0 < c3)
     first1 = ~first0 & ~(c1 < c2) & ~(c1 < c3)
     first2 = ~first0 & ~first1 & ~(c2 < c3)
