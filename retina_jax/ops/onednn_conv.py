@@ -406,15 +406,11 @@ def _interceptor(lax_view, next_fun, args, kwargs, context):
     return next_fun(*args, **kwargs)
 
 
-def _check(implementation: str) -> None:
-    if implementation not in CONV_IMPLEMENTATIONS:
-        raise ValueError(f"conv implementation must be one of {CONV_IMPLEMENTATIONS}, got {implementation!r}.")
-
-
 def effective(implementation: str) -> str:
     """What `implementation` runs as here: 'xla' where the library is absent, 'onednn' for
     'onednn_bf16' on a CPU without bfloat16 instructions (logged once)."""
-    _check(implementation)
+    if implementation not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv implementation must be one of {CONV_IMPLEMENTATIONS}, got {implementation!r}.")
     if implementation == "xla" or not load():
         return "xla"
     if implementation == "onednn_bf16" and not cpu_has_bf16():

@@ -77,11 +77,13 @@ std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto& eng = Engine();
   // The backward primitives' hint: the forward convolution with every buffer of the operands' type.
-  auto hint_pd = dnnl::convolution_forward::primitive_desc(
-      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      memory::desc(src_dims, op, tag::nhwc),
-      memory::desc(wei_dims, op, weights_any ? tag::any : tag::hwio),
-      memory::desc(dst_dims, op, tag::nhwc), strides, pad_l, pad_r, attr);
+  auto hint_pd = [&] {
+    return dnnl::convolution_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+        memory::desc(src_dims, op, tag::nhwc),
+        memory::desc(wei_dims, op, weights_any ? tag::any : tag::hwio),
+        memory::desc(dst_dims, op, tag::nhwc), strides, pad_l, pad_r, attr);
+  };
   auto e = std::make_shared<Entry>();
   e->wei_user_md = wei_user_md;
   if (kind == kFwd) {
@@ -95,7 +97,7 @@ std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
   } else if (kind == kBwdData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
-        hint_pd, attr);
+        hint_pd(), attr);
     e->prim = dnnl::convolution_backward_data(pd);
     e->src_md = pd.diff_src_desc(); e->wei_md = pd.weights_desc(); e->dst_md = pd.diff_dst_desc();
     e->scratch_md = pd.scratchpad_desc();
@@ -103,7 +105,7 @@ std::shared_ptr<Entry> Build(const Key& k, bool weights_any) {
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src_md, wei_md, dst_md, strides, pad_l, pad_r,
-        hint_pd, attr);
+        hint_pd(), attr);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->src_md = pd.src_desc(); e->wei_md = pd.diff_weights_desc(); e->dst_md = pd.diff_dst_desc();
     e->scratch_md = pd.scratchpad_desc();
