@@ -54,7 +54,8 @@ def main(argv):
 
     from retina_jax import parallel
     process_count = parallel.initialize_distributed(FLAGS.config)  # before any backend starts
-    jax.config.update("jax_num_cpu_devices", parallel.cpu_device_count(FLAGS.config, process_count))
+    jax.config.update("jax_num_cpu_devices", parallel.cpu_device_count(FLAGS.config, process_count,
+                                                                    FLAGS.mode))
     if FLAGS.config.compilation_cache_dir:
         parallel.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
 

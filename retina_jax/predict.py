@@ -58,6 +58,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -331,7 +332,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             threshold, source = segmentation_threshold(config, workdir, step)
             predict_file = segmenter(experiment, state, threshold, staging)
             report.update(threshold=threshold, threshold_from=source)
+        started = time.perf_counter()
         rows = [predict_file(path, *load(path, read, config)) for path in good]
+        seconds = time.perf_counter() - started
         io_utils.write_csv(staging / PREDICTIONS, rows, list(rows[0]))
         if settings.skip_bad_files:
             io_utils.write_csv(staging / SKIPPED, skipped, validate.SKIPPED_COLUMNS)
@@ -340,7 +343,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    logging.info("Predicted %d of %d image(s) of %s with checkpoint step %d into %s%s.", len(good),
-                 len(files), settings.input_dir, step, output_dir,
+    logging.info("Predicted %d of %d image(s) of %s with checkpoint step %d into %s in %.1f s "
+                 "(compiling included)%s.", len(good), len(files), settings.input_dir, step,
+                 output_dir, seconds,
                  f"; {len(skipped)} bad file(s) skipped, listed in {SKIPPED}" if skipped else "")
     return report

@@ -16,7 +16,8 @@ time spent waiting for the real tf.data pipeline, compile seconds, peak memory, 
 plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference; with
 --sliding_window also `drive_image_seconds`: configs/drive.py's evaluation inference (its model,
 at its width or --features if given, with --conv and --dtype; sliding window, flip TTA) of one
-565x584 DRIVE image on one device, median of --steps calls.
+565x584 DRIVE image on one device with every core, as --mode=predict runs it, median of --steps
+calls (the last thing timed).
 """
 import argparse
 import functools
@@ -281,7 +282,9 @@ def drive_image_seconds(warmup: int, steps: int, features: int = 0, conv: str | 
                         dtype: str | None = None) -> float:
     """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
     at base width `features` unless 0, its sliding window and flip TTA, jitted; `conv` and
-    `dtype` as in `drive_inference_config`) on one DRIVE-sized image, after compile + warm-up."""
+    `dtype` as in `drive_inference_config`) on one DRIVE-sized image, after compile + warm-up,
+    with every core on its oneDNN calls, as `--mode=predict` runs one image (one CPU device)."""
+    onednn_conv.set_num_threads(len(os.sched_getaffinity(0)))
     config = drive_inference_config(features, conv, dtype)
     model = train.build_model(config)
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False)

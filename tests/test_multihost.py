@@ -74,6 +74,16 @@ def test_cpu_devices_split_the_batch_over_every_process(monkeypatch):
     assert parallel.cpu_device_count(config, process_count=2) == 2
 
 
+def test_predict_gets_one_cpu_device_unless_one_is_configured(monkeypatch):
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(4)))
+    config = ml_collections.ConfigDict({"parallel": {"cpu_devices": 0},
+                                        "train": {"batch_size": 12}, "eval": {"batch_size": 24}})
+    assert parallel.cpu_device_count(config, mode="evaluate") == 4
+    assert parallel.cpu_device_count(config, mode="predict") == 1  # one image at a time: all cores on it
+    config.parallel.cpu_devices = 2
+    assert parallel.cpu_device_count(config, mode="predict") == 2
+
+
 def test_uneven_local_batches_are_refused_before_they_reach_a_collective():
     with pytest.raises(ValueError, match="different batch sizes"):
         parallel.local_batch_rows({"image": np.zeros((4, 2)), "label": np.zeros(3)}, 1, 1)
