@@ -15,7 +15,8 @@ idrid_grading's Graham preprocessing), the one preprocessing of training and eva
 predictor (`inference.make_predictor` with config.inference: whole image or sliding window,
 flip TTA; with config.input.fov_diameter, each image at the scale its own FOV width gives).
 Segmentation models are fully convolutional: inputs may have any size. Images are predicted one
-at a time (a new size or scale compiles the model again).
+at a time (a new size or scale compiles the model again), on CPU on one device that every core
+serves (`parallel.cpu_device_count`).
 
 Field of view (datasets with a `fov` feature: drive, chase_db1), used as evaluation uses it (the
 per-image standardisation counts only its pixels; probabilities outside it are 0): the mask
