@@ -75,17 +75,21 @@ def _max_pool_2x2_fwd(x):
     first3 = ~(first0 | first1 | first2)
     pooled = jnp.where(first0, c0, jnp.where(first1, c1, jnp.where(first2, c2, c3)))
     taken = jnp.stack([jnp.stack([first0, first1], axis=3), jnp.stack([first2, first3], axis=3)], axis=2)
-    taken = taken.reshape(batch, height - height % 2, width - width % 2, channels)
-    taken = jnp.pad(taken, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
-    return pooled, taken
+    return pooled, _windows_to_map(taken, height, width)
 
 
 def _max_pool_2x2_bwd(taken, grad):
     batch, height, width, channels = taken.shape
     spread = jnp.broadcast_to(grad[:, :, None, :, None, :], (batch, height // 2, 2, width // 2, 2, channels))
-    spread = spread.reshape(batch, height - height % 2, width - width % 2, channels)
-    spread = jnp.pad(spread, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
-    return (jnp.where(taken, spread, 0).astype(grad.dtype),)
+    return (jnp.where(taken, _windows_to_map(spread, height, width), 0).astype(grad.dtype),)
+
+
+def _windows_to_map(windows, height, width):
+    """(B, H // 2, 2, W // 2, 2, C) window elements as the (B, height, width, C) map they tile; an
+    odd last row or column, in no window, is zero (False)."""
+    batch, channels = windows.shape[0], windows.shape[-1]
+    tiled = windows.reshape(batch, height - height % 2, width - width % 2, channels)
+    return jnp.pad(tiled, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
