@@ -74,11 +74,22 @@ def test_clahe_matches_the_pixel_loop_reference(shape, grid):
     np.testing.assert_allclose(out, clahe_reference(levels, 1.5, grid), rtol=1e-5, atol=1e-3)
 
 
-def test_clahe_refuses_small_images_and_several_channels():
+def test_clahe_refuses_small_images_and_an_unknown_channel_count():
     with pytest.raises(ValueError, match="at least 8x8"):
         preprocess.clahe(grey(np.zeros((4, 20))), clip_limit=2.0, grid=8)
-    with pytest.raises(ValueError, match="CLAHE equalises one channel; got 3"):
-        preprocess.clahe(tf.zeros((16, 16, 3)), clip_limit=2.0, grid=8)
+    unknown_channels = tf.function(lambda image: preprocess.clahe(image, clip_limit=2.0, grid=2),
+                                   input_signature=[tf.TensorSpec((16, 16, None), tf.float32)])
+    with pytest.raises(ValueError, match="channel count must be known"):
+        unknown_channels.get_concrete_function()
+
+
+def test_clahe_equalises_each_colour_channel_on_its_own():
+    planes = np.random.default_rng(3).integers(0, 256, (3, 24, 20))
+    colour = tf.constant(np.stack(planes, axis=-1), tf.float32)
+    got = preprocess.clahe(colour, clip_limit=1.5, grid=4).numpy()
+    assert got.shape == (24, 20, 3)
+    for channel, plane in enumerate(planes):
+        np.testing.assert_allclose(got[..., channel], clahe_reference(plane, 1.5, 4), rtol=1e-4, atol=1e-3)
 
 
 def test_gamma_and_standardisation_are_hand_computed():
@@ -115,6 +126,20 @@ def test_fundus_preprocessing_is_identical_eagerly_and_inside_dataset_map():
     fov = eager[0]["fov"].numpy() > 0
     inside = eager[0]["image"].numpy()[fov]
     assert abs(inside.mean()) < 1e-5 and inside.std() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_colour_fundus_preprocessing_is_identical_eagerly_and_inside_dataset_map():
+    config = ml_collections.ConfigDict({**drive.get_config().input, "channel": "all", "clahe_grid": 4})
+    example = fundus_example()
+    eager = preprocess.preprocess_example(example, config)["image"]
+    dataset = tf.data.Dataset.from_tensors(example).map(lambda e: preprocess.preprocess_example(e, config))
+    mapped = next(iter(dataset))["image"]
+    assert mapped.shape == eager.shape == (24, 20, 3)
+    np.testing.assert_allclose(mapped.numpy(), eager.numpy(), rtol=1e-5, atol=1e-5)
+    fov = example["fov"].numpy()[..., 0] > 0
+    inside = eager.numpy()[fov]  # each channel standardised over the FOV on its own
+    np.testing.assert_allclose(inside.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(inside.std(axis=0), 1.0, rtol=1e-4)
 
 
 def test_fundus_steps_in_order_match_their_composition():

@@ -54,7 +54,8 @@ def fundus_channel(image: tf.Tensor, channel: str) -> tf.Tensor:
 
 
 def clahe(image: tf.Tensor, *, clip_limit: float, grid: int = 8) -> tf.Tensor:
-    """Contrast-limited adaptive histogram equalisation of (H,W,1) grey levels in [0, 255].
+    """Contrast-limited adaptive histogram equalisation of (H,W,C) grey levels in [0, 255],
+    each channel equalised on its own (colour input: the R, G and B planes separately).
 
     OpenCV's algorithm (cv2.createCLAHE(clipLimit, (grid, grid))): the image (rounded to 256
     levels) is cut into grid x grid tiles (bottom/right edges mirrored up to a whole tile); each
@@ -66,15 +67,21 @@ def clahe(image: tf.Tensor, *, clip_limit: float, grid: int = 8) -> tf.Tensor:
     """
     if clip_limit <= 0:
         raise ValueError(f"CLAHE clip limit must be > 0, got {clip_limit}.")
-    if image.shape[-1] != 1:
-        raise ValueError(f"CLAHE equalises one channel; got {image.shape[-1]}: set "
-                         "config.input.channel to 'green' or 'luminance'.")
+    if image.shape[-1] is None:
+        raise ValueError("CLAHE equalises each channel: the image's channel count must be known "
+                         f"when the graph is built, got shape {image.shape}.")
     height, width = image.shape[0], image.shape[1]
     if height is not None and width is not None and min(height, width) < grid:
         raise ValueError(f"CLAHE with a {grid}x{grid} grid needs images of at least {grid}x{grid} "
                          f"pixels, got {height}x{width}.")
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    levels = tf.cast(tf.round(tf.clip_by_value(image[..., 0], 0.0, 255.0)), tf.int32)
+    return tf.concat([_clahe_plane(image[..., channel], clip_limit, grid)
+                      for channel in range(image.shape[-1])], axis=-1)
+
+
+def _clahe_plane(plane: tf.Tensor, clip_limit: float, grid: int) -> tf.Tensor:
+    """`clahe` of one (H,W) plane -> (H,W,1)."""
+    height, width = tf.shape(plane)[0], tf.shape(plane)[1]
+    levels = tf.cast(tf.round(tf.clip_by_value(plane, 0.0, 255.0)), tf.int32)
     tile_height, tile_width = -(-height // grid), -(-width // grid)
     padded = tf.pad(levels, [[0, grid * tile_height - height], [0, grid * tile_width - width]],
                     mode="SYMMETRIC")
