@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Luminance, not the green channel: on validation it won the preprocessing sweep
     # (configs/ablations/drive_preprocessing.py, 1000 steps) and the full 6000-step run
-    # (AUC-ROC 0.9760 vs 0.9729).
+    # (AUC-ROC 0.9760 vs 0.9729). Nor the three colour channels ("all"): level on DRIVE validation
+    # at width 16 (AUC-ROC / best F1 0.9789 / 0.8159 vs 0.9792 / 0.8176), but CHASE_DB1 AUC-ROC
+    # 0.9302 vs 0.9810: colour does not carry to another camera (README, DRIVE).
     config.input.channel = "luminance"
     config.input.clahe_clip = 2.0
     config.input.clahe_grid = 8
