@@ -6,6 +6,7 @@ Usage:
   python scripts/benchmark.py --model=resunet --size=224 --batch=8 --no-reference
   python scripts/benchmark.py --sliding_window   # + one whole DRIVE image as configs/drive.py evaluates it
   python scripts/benchmark.py --features=8 --batch=16 --loss=bce_dice_cldice --no-reference  # drive.py's step, clDice
+  python scripts/benchmark.py --features=16 --batch=16 --conv=onednn_bf16 --dropout=0 --no-reference  # without dropout
 
 The train step is `train.train_step` with the default config's optimizer and loss (or --loss), inference is
 `train.predict_probabilities`, both jitted over a data-parallel mesh as the training loop does,
@@ -56,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=0,
                         help="the model's base width (0 = its default); with --sliding_window also "
                              "the DRIVE model's (0 = configs/drive.py's)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="the model's dropout rate (default: its own; 0 = none, as configs/drive.py)")
     parser.add_argument("--loss", choices=sorted(losses.LOSSES), default=default.get_config().train.loss,
                         help="the segmentation loss the train step minimises")
     parser.add_argument("--steps", type=int, default=10, help="timed calls (median reported)")
@@ -80,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.features < 0:
         parser.error("--steps must be >= 1, --warmup >= 0 and --features >= 0.")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}.")
     return args
 
 
@@ -245,8 +250,9 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
     script = Path(args.reference_dir) / REFERENCE_SCRIPT
     if not args.reference:
         return None, "not asked for (--no-reference)"
-    if args.model != "unet" or channels != 1 or args.features:
-        return None, "the peer implements the 1-channel seed U-Net only (--model=unet, default width)"
+    if args.model != "unet" or channels != 1 or args.features or args.dropout is not None:
+        return None, ("the peer implements the 1-channel seed U-Net only (--model=unet, default width "
+                      "and dropout)")
     if not script.exists():
         return None, f"{script} not found"
     command = [sys.executable, str(script), f"--size={args.size}", f"--batch={args.batch}",
@@ -296,7 +302,7 @@ def drive_image_seconds(warmup: int, steps: int, features: int = 0, conv: str | 
 
 
 def benchmark_config(args: argparse.Namespace):
-    """The default config with the model, batch, dtype, loss and width the arguments ask for."""
+    """The default config with the model, batch, dtype, loss, width and dropout the arguments ask for."""
     config = default.get_config()
     config.model.name = args.model
     config.train.batch_size = args.batch
@@ -305,6 +311,8 @@ def benchmark_config(args: argparse.Namespace):
     config.train.loss = args.loss
     if args.features:
         config.model.features = args.features
+    if args.dropout is not None:
+        config.model.dropout = args.dropout
     return config
 
 
@@ -373,6 +381,7 @@ def main(argv: list[str]) -> None:
         "devices": mesh.size, "backend": jax.default_backend(), "params": compiled["params"],
         "conv": args.conv,
         "dtype": args.dtype, "loss": args.loss, "features": args.features or None,
+        "dropout": args.dropout,
         "train_img_per_s": round(train_img_per_s, 2), "infer_img_per_s": round(infer_img_per_s, 2),
         "forward_gflops_per_image": round(forward_gflops, 4),
         "train_gflops_per_s": round(train_gflops_per_s, 1),

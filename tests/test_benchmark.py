@@ -12,7 +12,7 @@ SCRIPT = REPO / "scripts" / "benchmark.py"
 KEYS = {"model", "size", "batch", "devices", "train_img_per_s", "infer_img_per_s",
         "forward_gflops_per_image", "train_gflops_per_s", "peak_gflops", "peak_share",
         "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference",
-        "conv", "dtype", "loss", "features"}
+        "conv", "dtype", "loss", "features", "dropout"}
 POSITIVE = ("train_img_per_s", "infer_img_per_s", "forward_gflops_per_image", "train_gflops_per_s",
             "peak_gflops", "peak_share", "compile_seconds", "peak_memory_mb", "pipeline_train_img_per_s")
 
@@ -35,7 +35,7 @@ def test_tiny_run_prints_the_json_contract_last(tfds_dir, vessel_builder):
     report = json.loads(lines[-1])
     assert KEYS <= set(report)
     assert (report["model"], report["size"], report["batch"], report["devices"]) == ("unet", 64, 4, 2)
-    assert (report["loss"], report["features"]) == ("bce_dice_cldice", None)
+    assert (report["loss"], report["features"], report["dropout"]) == ("bce_dice_cldice", None, None)
     assert all(report[key] > 0 for key in POSITIVE), report
     assert 0 <= report["input_wait_share"] < 1
     assert report["forward_gflops_per_image"] == pytest.approx(0.36, rel=0.1)  # the seed U-Net at 64x64
@@ -64,10 +64,20 @@ def test_features_set_the_width_and_leave_the_peer_out():
     config = benchmark.benchmark_config(args)
     assert (config.model.features, config.train.loss) == (8, "cldice")
     assert benchmark.reference_run(args, channels=1) == (
-        None, "the peer implements the 1-channel seed U-Net only (--model=unet, default width)")
+        None, "the peer implements the 1-channel seed U-Net only (--model=unet, default width and dropout)")
     assert benchmark.parse_args([]).loss == "bce_dice"
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--loss=focal"])
+
+
+def test_dropout_sets_the_rate_and_leaves_the_peer_out():
+    benchmark = load_benchmark()
+    assert benchmark.benchmark_config(benchmark.parse_args([])).model.dropout is None  # the model's own
+    args = benchmark.parse_args(["--dropout=0"])
+    assert benchmark.benchmark_config(args).model.dropout == 0.0
+    assert benchmark.reference_run(args, channels=1)[0] is None
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--dropout=1"])
 
 
 def test_classification_models_are_refused_with_a_reason():
