@@ -58,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the model's base width (0 = its default); with --sliding_window also "
                              "the DRIVE model's (0 = configs/drive.py's)")
     parser.add_argument("--dropout", type=float, default=None,
-                        help="the model's dropout rate (default: its own; 0 = none, as configs/drive.py)")
+                        help="the model's dropout rate (default: its own, the U-Net's 0.05; 0 = none)")
     parser.add_argument("--loss", choices=sorted(losses.LOSSES), default=default.get_config().train.loss,
                         help="the segmentation loss the train step minimises")
     parser.add_argument("--steps", type=int, default=10, help="timed calls (median reported)")
