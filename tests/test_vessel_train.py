@@ -92,7 +92,7 @@ def test_a_fov_diameter_trains_and_validates_at_the_scale_it_gives_the_split(dri
 def test_drive_config_options_combine_and_unknown_ones_are_named():
     config = drive.get_config("all_images,smoke")
     assert config.dataset.train_split == "train+validation" and config.eval.checkpoint == "latest"
-    assert config.train.num_steps == 4 and drive.get_config("all_images").train.num_steps == 6000
+    assert config.train.num_steps == 4 and drive.get_config("all_images").train.num_steps == 7200
     with pytest.raises(ValueError, match="'smoke,test'.*'all_images', 'smoke'"):
         drive.get_config("smoke,test")
 
