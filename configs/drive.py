@@ -95,6 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train.batch_size = 16
     config.train.num_steps = 7200
+    # 3e-3 over 5e-3 and 2e-3 at the full 7200 steps (one seed each): validation AUC-ROC / best F1
+    # 0.9796 / 0.8183 and 0.9796 / 0.8178, against 0.9799 / 0.8194 and 0.9798 / 0.8191 (README, DRIVE).
     config.train.learning_rate = 3e-3
     config.train.warmup_steps = 100
     config.train.log_every = 50
