@@ -9,9 +9,9 @@ fold i % 5):
   fold 1   22 27 32 37        fold 4   25 30 35 40   (= the default validation split)
   fold 2   23 28 33 38
 
-Each fold is the full 7200-step run (51-53 min on 2 CPU cores; the README's fold tables were
-measured with the earlier 6000 steps and dropout: ~51 min a fold at width 16, 31-40 min at width
-8), validated on its 4 held-out images with flip TTA, metrics inside the FOV; results.md reports
+Each fold is the full 7200-step run (51-56 min on 2 CPU cores, by the host's hour; the README's
+fold tables were measured with the earlier 6000 steps and dropout: ~51 min a fold at width 16,
+31-40 min at width 8), validated on its 4 held-out images with flip TTA, metrics inside the FOV; results.md reports
 mean +- std over the folds.
 
   python scripts/ablate.py --sweep=configs/ablations/drive_cv.py --root=runs/ablations/drive_cv
