@@ -138,7 +138,7 @@ def test_elastic_crops_bend_smoothly_and_keep_masks_on_the_image():
 
 
 def test_drive_augmentation_is_identical_eagerly_and_inside_dataset_map():
-    config = drive.get_config()
+    config = drive.get_config("cross_camera")  # with the any-angle rotation and zoom
     config.augment.crop_size = (16, 16)
     example = disc_example()
     seeds = [tf.constant([seed, 0], tf.int64) for seed in range(4)]

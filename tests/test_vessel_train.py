@@ -93,7 +93,11 @@ def test_drive_config_options_combine_and_unknown_ones_are_named():
     config = drive.get_config("all_images,smoke")
     assert config.dataset.train_split == "train+validation" and config.eval.checkpoint == "latest"
     assert config.train.num_steps == 4 and drive.get_config("all_images").train.num_steps == 7200
-    with pytest.raises(ValueError, match="'smoke,test'.*'all_images', 'smoke'"):
+    default, cross_camera = drive.get_config(), drive.get_config("cross_camera,smoke")
+    assert (default.augment.rotation, default.augment.scale) == (0.0, 0.0)
+    assert (cross_camera.augment.rotation, cross_camera.augment.scale) == (45.0, 0.1)
+    assert cross_camera.train.num_steps == 4
+    with pytest.raises(ValueError, match="'smoke,test'.*'all_images', 'cross_camera', 'smoke'"):
         drive.get_config("smoke,test")
 
 
