@@ -60,9 +60,10 @@ def main(argv):
         parallel.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
 
     from retina_jax import gradcam, predict, run_config, train
+    from retina_jax.ops import onednn_conv
 
-    logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
-                 jax.devices())
+    logging.info("JAX %s, %d process(es), devices: %s; CPU: %s", jax.__version__, jax.process_count(),
+                 jax.devices(), onednn_conv.host_cpu())
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         return

@@ -640,7 +640,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return last_metrics or {}
     if last_metrics is None:  # nothing left to train: the checkpoint already holds the final step
         last_metrics = experiment.evaluate(state, validation).metrics
-    final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2)}
+    final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2),
+             "host_cpu": onednn_conv.host_cpu()}
     if is_main_process:
         io_utils.write_json(workdir / "metrics.json", final)
     logging.info("Final validation metrics (step %d) written to %s", step, workdir / "metrics.json")

@@ -376,7 +376,10 @@ def main(argv: list[str]) -> None:
           f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")
 
     peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu = onednn_conv.host_cpu()
+    print(f"cpu: {cpu}")
     print(json.dumps({
+        "cpu": cpu,
         "model": args.model, "size": args.size, "batch": args.batch, "channels": channels,
         "devices": mesh.size, "backend": jax.default_backend(), "params": compiled["params"],
         "conv": args.conv,

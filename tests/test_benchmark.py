@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from retina_jax.ops import onednn_conv
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "benchmark.py"
 KEYS = {"model", "size", "batch", "devices", "train_img_per_s", "infer_img_per_s",
         "forward_gflops_per_image", "train_gflops_per_s", "peak_gflops", "peak_share",
         "input_wait_share", "compile_seconds", "peak_memory_mb", "reference", "ratio_vs_reference",
-        "conv", "dtype", "loss", "features", "dropout"}
+        "conv", "dtype", "loss", "features", "dropout", "cpu"}
 POSITIVE = ("train_img_per_s", "infer_img_per_s", "forward_gflops_per_image", "train_gflops_per_s",
             "peak_gflops", "peak_share", "compile_seconds", "peak_memory_mb", "pipeline_train_img_per_s")
 
@@ -41,6 +43,7 @@ def test_tiny_run_prints_the_json_contract_last(tfds_dir, vessel_builder):
     assert report["forward_gflops_per_image"] == pytest.approx(0.36, rel=0.1)  # the seed U-Net at 64x64
     assert report["reference"] is None and report["ratio_vs_reference"] is None
     assert any(line.startswith("peak:") for line in lines[:-1])  # the formula is printed
+    assert report["cpu"] == onednn_conv.host_cpu()  # the machine the figures were measured on
 
 
 AVX512_CPUINFO = "processor\t: 0\ncpu MHz\t\t: 2596.140\nflags\t\t: fpu sse fma avx avx2 avx512f\n"
@@ -97,3 +100,14 @@ def test_drive_image_timing_uses_the_drive_inference_at_the_asked_width():
     assert (widened.conv, widened.dtype) == (own.conv, own.dtype)
     timed = benchmark.drive_inference_config(0, "onednn_bf16", "bfloat16")
     assert (timed.conv, timed.dtype) == ("onednn_bf16", "bfloat16")
+
+
+def test_the_cpu_is_named_with_its_vector_and_bfloat16_instructions():
+    zen4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n"
+            "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert (onednn_conv.describe_cpu(zen4, 2)
+            == "AMD EPYC 9R14 (family 25, model 17), 2 cores, avx512f, bfloat16: avx512_bf16")
+    assert (onednn_conv.describe_cpu(AVX512_CPUINFO.replace(" avx512f", ""), 1)
+            == "unknown CPU, 1 cores, avx2, no bfloat16")
+    assert onednn_conv.describe_cpu("", 4) == "unknown CPU, 4 cores, no AVX, no bfloat16"

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from retina_jax import checkpoint, parallel, train
+from retina_jax.ops import onednn_conv
 
 REPO = Path(__file__).resolve().parents[1]
 # Seed vessel set, width-8 U-Net, batch 16: validation Dice after this many steps, the floor both
@@ -88,6 +89,7 @@ def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path, caplog):
     jax.tree.map(np.testing.assert_array_equal, state_straight, state_resumed)
     written = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert written["step"] == 4 and written["train_seconds"] > 0
+    assert written["host_cpu"] == onednn_conv.host_cpu()
     assert {"dice", "iou", "precision", "recall", "specificity", "accuracy", "auc_roc"} <= set(written)
 
     # Rerunning a finished run trains nothing more and reports the same metrics.

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import pathlib
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,34 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def describe_cpu(cpuinfo: str, cores: int) -> str:
+    """One line naming the CPU that `cpuinfo` (/proc/cpuinfo's text) describes, for the records of
+    timed runs: its model, `cores`, its widest vector instruction set and its bfloat16
+    instructions, which set how fast training runs here (README, Speed: the same DRIVE step
+    takes about twice as long on an AVX2 CPU as on one with AVX-512 bfloat16)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    vector = next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), "no AVX")
+    bf16 = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    model = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return f"{model}, {cores} cores, {vector}, " + (f"bfloat16: {' '.join(bf16)}" if bf16 else "no bfloat16")
+
+
+@functools.cache
+def host_cpu() -> str:
+    """`describe_cpu` of this machine (the platform's processor name where /proc/cpuinfo is absent)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        return describe_cpu(pathlib.Path("/proc/cpuinfo").read_text(), cores)
+    except OSError:
+        return f"{platform.processor() or 'unknown CPU'}, {cores} cores"
 
 
 def supported_dtypes() -> tuple:
