@@ -114,9 +114,9 @@ def peak_gflops(cpuinfo: str, max_khz: str | None, cores: int) -> tuple[float, s
     """(fp32 GFLOP/s peak, the formula with its numbers) from /proc/cpuinfo's text.
 
     The same estimate as the peer benchmarks (../shared/bench/common.py), so that shares of it
-    compare. It is a paper ceiling: on this machine (AMD EPYC, Zen 4, 2.6 GHz nominal) an
+    compare. It is a paper ceiling: on the Zen 4 host of README's Speed (2.6 GHz nominal) an
     AVX-512 FMA loop (../shared/bench/fma_peak.c) reached 114 GFLOP/s on one idle core, 69% of
-    the per-core 166 here, since Zen 4 issues one 512-bit FMA per cycle, not two.
+    the per-core 166 there, since Zen 4 issues one 512-bit FMA per cycle, not two.
     """
     flags_line = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     lanes = simd_fp32_lanes(set(flags_line.group(1).split()) if flags_line else set())
