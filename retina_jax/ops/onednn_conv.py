@@ -86,7 +86,7 @@ def describe_cpu(cpuinfo: str, cores: int) -> str:
     """One line naming the CPU that `cpuinfo` (/proc/cpuinfo's text) describes, for the records of
     timed runs: its model, `cores`, its widest vector instruction set and its bfloat16
     instructions, which set how fast training runs here (README, Speed: the same DRIVE step
-    takes about twice as long on an AVX2 CPU as on one with AVX-512 bfloat16)."""
+    took 2.8x as long on an AVX2-only CPU as on one with AVX-512 bfloat16)."""
     fields = {}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
