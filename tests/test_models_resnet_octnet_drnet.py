@@ -151,7 +151,9 @@ def test_models_jit_and_train(name, kwargs, shape, num_outputs):
 
     params, batch_stats, opt_state = init()
     losses = []
-    for _ in range(5):
+    # 10 steps: memorising the 4 images takes the deep models' batch-4 batch norm through a few
+    # erratic steps first (ResNet-50 on an AVX2 CPU: 1.57, 1.56, 0.94, 1.53, 1.68 over the first 5).
+    for _ in range(10):
         params, batch_stats, opt_state, loss, finite = step(params, batch_stats, opt_state)
         assert finite
         losses.append(float(loss))

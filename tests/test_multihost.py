@@ -20,6 +20,11 @@ from retina_jax import parallel
 from tests import multihost_step
 
 REPO = Path(__file__).resolve().parents[1]
+# Parameters after the same steps in 2 processes (a batch of 1 each) and in 1 (a batch of 2) agree
+# to float32 reduction order, which Adam's normalised update amplifies where a gradient is near
+# zero: 1.2e-5 on an AVX2 CPU (2026-12-06), under 1e-5 on an AVX-512 one; the steps themselves
+# move parameters by more than 1e-3 (asserted), 20x this.
+ONE_VS_TWO_PROCESS_ATOL = 5e-5
 TIMEOUT_SECONDS = 240
 
 
@@ -158,11 +163,12 @@ def test_two_processes_train_like_one(tmp_path):
     assert set(params[0]) == set(single_params) and len(single_params) > 0
     for name in single_params:
         np.testing.assert_array_equal(params[0][name], params[1][name])  # replicas never drift
-        np.testing.assert_allclose(params[0][name], single_params[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(params[0][name], single_params[name], atol=ONE_VS_TWO_PROCESS_ATOL,
+                                   err_msg=name)
 
     # Checkpoints written by 2 processes and by 1 restore alike onto this process's devices.
     at_step_two = multihost_step.restore_params(two), multihost_step.restore_params(one)
-    assert multihost_step.max_abs_difference(*at_step_two) < 1e-5
+    assert multihost_step.max_abs_difference(*at_step_two) < ONE_VS_TWO_PROCESS_ATOL
 
 
 @pytest.mark.slow
