@@ -207,6 +207,22 @@ def test_uses_the_custom_call_on_cpu_only():
 
 
 @needs_lib
+def test_backward_weights_take_blocked_activations_exactly_where_the_nhwc_kernel_is_avx2_direct():
+    """On an AVX2-only CPU the 16-channel weight gradient runs on blocked activations (reordered
+    in the call) and still matches XLA's; elsewhere activations stay NHWC."""
+    x, w = _data((2, 12, 12, 16), (3, 3, 16, 16), seed=3)
+    kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+    ours = _value_and_grads(functools.partial(onednn_conv.conv_general_dilated, **kw), x, w)
+    ref = _value_and_grads(functools.partial(lax.conv_general_dilated, **kw), x, w)
+    _assert_close(ours, ref)
+    backward_weights = [line for line in onednn_conv.describe()
+                        if line.startswith("bwd_weights N2 12x12 16->16 k3 s1 f32->f32")]
+    assert len(backward_weights) == 1
+    implementation = backward_weights[0].split(": ", 1)[1]
+    assert ("(blocked activations)" in implementation) == implementation.startswith("jit:avx2 ")
+
+
+@needs_lib
 def test_flax_modules_match():
     import flax.linen as nn
     x, _ = _data((2, 8, 8, 3), (1, 1, 1, 1))

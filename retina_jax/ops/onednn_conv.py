@@ -12,6 +12,10 @@ On CPU, when the compiled library (`scripts/build_onednn.sh`) loads, it runs:
 - an input-dilated convolution (what `lax.conv_transpose` emits) as oneDNN backward-data of the
   matching strided convolution with the flipped kernel, with forward + backward-weights as its VJP.
 
+Activations are passed as NHWC, except that on AVX2-only CPUs float32 backward-weights reorders
+its two operands to oneDNN's blocked layout inside the call (its NHWC kernel there runs the
+16- and 32-channel layers at about half speed; csrc/onednn_conv.cc, `BlockedActivationsFaster`).
+
 Everything else (other layouts, mixed or other dtypes, kernel dilation, groups, or a build
 that is absent) uses `lax.conv_general_dilated` unchanged, and on GPU/TPU
 `jax.lax.platform_dependent` keeps XLA's native convolutions. The library is loaded lazily; when it
