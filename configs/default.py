@@ -141,6 +141,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.overlap = 0.25       # sliding_window: fraction of a tile shared with the next
     config.inference.tile_batch = 4       # sliding_window: tiles per image per model call
     config.inference.flip_tta = False     # average over left-right / up-down mirror images
+    config.inference.flip_views = 4       # flip_tta: 4 = itself and mirrored 3 ways; 2 = itself, left-right
     config.inference.transpose_tta = False  # ... and over the transposed image (with flips: 8 views)
     # The model sees images resized by this factor, its probabilities resized back (metrics stay
     # at the images' resolution): another camera's images at the training images' scale. A fixed

@@ -127,6 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inference.overlap = 0.25
     config.inference.tile_batch = 1
     config.inference.flip_tta = True
+    # All 4 mirror images. On an AVX2-only CPU a DRIVE image takes 1.0-1.3 s so; 2 views (the
+    # image and its left-right mirror) take 0.55-0.69 s there, at validation AUC-ROC / best F1
+    # 0.9790 / 0.8181 against 0.9794 / 0.8186 for the same checkpoint (README, DRIVE).
+    config.inference.flip_views = 4
 
     config.checkpoint.best_metric = "auc_roc"
 

@@ -10,7 +10,8 @@ depends on the tile batch, not on the image size), weights every tile's probabil
 Gaussian centred on the tile (borders, where a convolution sees padding instead of context,
 count least) and divides by the summed weights. Images smaller than a tile are zero-padded and
 cropped back. Flip test-time augmentation averages the probabilities of the image mirrored
-left-right, up-down and both ways with those of the image itself; transpose TTA also averages
+left-right, up-down and both ways with those of the image itself (`flip_views` 4), or of the
+image and its left-right mirror only (`flip_views` 2: half the model calls); transpose TTA also averages
 in the transposed image's (rows and columns swapped), so that both together average over all 8
 rotations and reflections of a square (the dihedral group; 2x the model calls of flips alone).
 
@@ -37,7 +38,9 @@ Predict = Callable[[dict, jax.Array], jax.Array]
 
 METHODS = ("whole", "sliding_window")
 # Axes of (B,H,W,C) each view mirrors: itself, left-right, up-down, both (nnU-Net's 2-D mirroring).
+# Flip TTA with n views uses the first n.
 FLIP_AXES = ((), (2,), (1,), (1, 2))
+FLIP_VIEWS = (2, 4)
 # Gaussian sigma as a fraction of the tile size (nnU-Net's 1/8).
 SIGMA_SCALE = 0.125
 # A field-of-view-derived scale is rounded to a multiple of this: a camera's FOV widths differ
@@ -54,14 +57,18 @@ def model_probabilities(model) -> Predict:
     return predict
 
 
-def with_flip_tta(predict: Predict) -> Predict:
-    """`predict` averaged over the 4 mirror images of its input, mirrored back (one model call
-    on a 4x batch)."""
+def with_flip_tta(predict: Predict, views: int = 4) -> Predict:
+    """`predict` averaged over the first `views` (2 or 4) mirror images of its input in
+    `FLIP_AXES`, mirrored back (one model call on a `views`x batch)."""
+    if views not in FLIP_VIEWS:
+        raise ValueError(f"config.inference.flip_views must be one of {FLIP_VIEWS}, got {views!r}.")
+    flip_axes = FLIP_AXES[:views]
+
     def predict_mirrored(variables, images):
-        views = jnp.concatenate([jnp.flip(images, axes) if axes else images for axes in FLIP_AXES])
-        probabilities = jnp.split(predict(variables, views), len(FLIP_AXES))
+        mirrored = jnp.concatenate([jnp.flip(images, axes) if axes else images for axes in flip_axes])
+        probabilities = jnp.split(predict(variables, mirrored), views)
         return sum(jnp.flip(part, axes) if axes else part
-                   for part, axes in zip(probabilities, FLIP_AXES)) / len(FLIP_AXES)
+                   for part, axes in zip(probabilities, flip_axes)) / views
     return predict_mirrored
 
 
@@ -199,7 +206,8 @@ def sliding_window(predict: Predict, variables: dict, images: jax.Array, *, tile
 def make_predictor(model, config, scale: float | None = None) -> Predict:
     """(variables, images) -> probabilities as `config` (the config's `inference` block) says:
     `method` "whole" (one model call per batch) or "sliding_window" (`tile_size`, `overlap`,
-    `tile_batch`), with `flip_tta` and `transpose_tta`, on the images resized by `scale`
+    `tile_batch`), with `flip_tta` (`flip_views` mirror images) and `transpose_tta`, on the
+    images resized by `scale`
     (`config.scale` when None; the caller's `scale_to_fov` with `config.input.fov_diameter`), or
     averaged over the images resized by `scale` times each factor of `scale_tta`."""
     scale = config.scale if scale is None else scale
@@ -207,7 +215,7 @@ def make_predictor(model, config, scale: float | None = None) -> Predict:
         raise ValueError(f"config.inference.scale_tta must hold positive factors, got {tuple(config.scale_tta)}.")
     predict = model_probabilities(model)
     if config.flip_tta:
-        predict = with_flip_tta(predict)
+        predict = with_flip_tta(predict, config.flip_views)
     if config.transpose_tta:
         predict = with_transpose_tta(predict)
     if config.method == "sliding_window":

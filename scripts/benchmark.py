@@ -16,7 +16,8 @@ per image (XLA cost analysis), achieved GFLOP/s against this machine's peak, the
 time spent waiting for the real tf.data pipeline, compile seconds, peak memory, and the
 plain-Flax peer U-Net of ../shared/bench timed in the same run as a reference; with
 --sliding_window also `drive_image_seconds`: configs/drive.py's evaluation inference (its model,
-at its width or --features if given, with --conv and --dtype; sliding window, flip TTA) of one
+at its width or --features if given, with --conv and --dtype; sliding window, flip TTA of its
+views or --flip_views) of one
 565x584 DRIVE image on one device with every core, as --mode=predict runs it, median of --steps
 calls (the last thing timed).
 """
@@ -80,6 +81,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="compute dtype (bfloat16: mixed precision, float32 parameters)")
     parser.add_argument("--sliding_window", action=argparse.BooleanOptionalAction, default=False,
                         help="also time configs/drive.py's inference of one whole DRIVE image")
+    parser.add_argument("--flip_views", type=int, choices=(0, *inference.FLIP_VIEWS), default=0,
+                        help="with --sliding_window: the flip TTA's mirror images (0 = configs/drive.py's)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.features < 0:
         parser.error("--steps must be >= 1, --warmup >= 0 and --features >= 0.")
@@ -270,13 +273,17 @@ def reference_run(args, channels: int) -> tuple[dict | None, str]:
 DRIVE_IMAGE_SHAPE = (584, 565)  # height, width
 
 
-def drive_inference_config(features: int = 0, conv: str | None = None, dtype: str | None = None):
-    """configs/drive.py's config, at base width `features` unless 0 (its own width then), with
-    convolutions `conv` and compute dtype `dtype` unless None (its own then)."""
+def drive_inference_config(features: int = 0, conv: str | None = None, dtype: str | None = None,
+                           flip_views: int = 0):
+    """configs/drive.py's config, at base width `features` and with `flip_views` flip TTA views
+    unless 0 (its own then), with convolutions `conv` and compute dtype `dtype` unless None (its
+    own then)."""
     from configs import drive
     config = drive.get_config()
     if features:
         config.model.features = features
+    if flip_views:
+        config.inference.flip_views = flip_views
     if conv is not None:
         config.conv = conv
     if dtype is not None:
@@ -285,13 +292,13 @@ def drive_inference_config(features: int = 0, conv: str | None = None, dtype: st
 
 
 def drive_image_seconds(warmup: int, steps: int, features: int = 0, conv: str | None = None,
-                        dtype: str | None = None) -> float:
+                        dtype: str | None = None, flip_views: int = 0) -> float:
     """Median seconds of configs/drive.py's evaluation inference (its model freshly initialised,
-    at base width `features` unless 0, its sliding window and flip TTA, jitted; `conv` and
-    `dtype` as in `drive_inference_config`) on one DRIVE-sized image, after compile + warm-up,
+    at base width `features` unless 0, its sliding window and flip TTA, jitted; `conv`, `dtype`
+    and `flip_views` as in `drive_inference_config`) on one DRIVE-sized image, after compile + warm-up,
     with every core on its oneDNN calls, as `--mode=predict` runs one image (one CPU device)."""
     onednn_conv.set_num_threads(len(os.sched_getaffinity(0)))
-    config = drive_inference_config(features, conv, dtype)
+    config = drive_inference_config(features, conv, dtype, flip_views)
     model = train.build_model(config)
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False)
     variables = {key: variables[key] for key in ("params", "batch_stats")}
@@ -370,9 +377,11 @@ def main(argv: list[str]) -> None:
           f"infer {reference['infer_img_per_s']} img/s; this step is {ratio['train']:.2f}x (train), "
           f"{ratio['infer']:.2f}x (infer)" if reference else f"reference: {reason}")
 
-    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features, args.conv, args.dtype)
+    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features, args.conv, args.dtype,
+                                         args.flip_views)
                      if args.sliding_window else None)
-    print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + flip TTA): "
+    flip_views = args.flip_views or drive_inference_config().inference.flip_views
+    print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + {flip_views}-view flip TTA): "
           f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")
 
     peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -396,6 +405,7 @@ def main(argv: list[str]) -> None:
         "steps": args.steps, "warmup": args.warmup,
         "reference": reference,
         "drive_image_seconds": None if drive_seconds is None else round(drive_seconds, 3),
+        "drive_flip_views": None if drive_seconds is None else flip_views,
         "ratio_vs_reference": None if ratio is None else {key: round(value, 3) for key, value in ratio.items()},
     }))
 

@@ -100,6 +100,8 @@ def test_drive_image_timing_uses_the_drive_inference_at_the_asked_width():
     assert (widened.conv, widened.dtype) == (own.conv, own.dtype)
     timed = benchmark.drive_inference_config(0, "onednn_bf16", "bfloat16")
     assert (timed.conv, timed.dtype) == ("onednn_bf16", "bfloat16")
+    assert benchmark.drive_inference_config(0, flip_views=2).inference.flip_views == 2
+    assert timed.inference.flip_views == own.inference.flip_views == 4
 
 
 def test_the_cpu_is_named_with_its_vector_and_bfloat16_instructions():

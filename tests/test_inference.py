@@ -81,10 +81,6 @@ def test_the_model_only_sees_batches_of_tile_batch_tiles_whatever_the_image_size
 
 
 def test_flip_tta_averages_the_four_mirror_images():
-    def column_ramp(variables, images):  # 0 at the left edge, 1 at the right: not mirror-symmetric
-        width = images.shape[2]
-        return jnp.broadcast_to(jnp.linspace(0.0, 1.0, width)[None, None, :, None], (*images.shape[:3], 1))
-
     images = jnp.zeros((2, 5, 7, 1))
     # Left-right mirroring turns the ramp r into 1 - r, up-down leaves it: the mean is 1/2.
     np.testing.assert_allclose(inference.with_flip_tta(column_ramp)(VARIABLES, images), 0.5, atol=1e-7)
@@ -97,6 +93,28 @@ def column_ramp(variables, images):
     """0 at the left edge, 1 at the right: a 'model' that is not symmetric."""
     width = images.shape[2]
     return jnp.broadcast_to(jnp.linspace(0.0, 1.0, width)[None, None, :, None], (*images.shape[:3], 1))
+
+
+def row_ramp(variables, images):
+    """0 at the top edge, 1 at the bottom."""
+    height = images.shape[1]
+    return jnp.broadcast_to(jnp.linspace(0.0, 1.0, height)[None, :, None, None], (*images.shape[:3], 1))
+
+
+def test_two_flip_views_average_the_image_and_its_left_right_mirror_only():
+    images = jnp.zeros((2, 5, 7, 1))
+    np.testing.assert_allclose(inference.with_flip_tta(column_ramp, views=2)(VARIABLES, images), 0.5,
+                               atol=1e-7)
+    # No up-down mirror among the two views: a row ramp comes back unchanged (4 views: 1/2).
+    np.testing.assert_allclose(inference.with_flip_tta(row_ramp, views=2)(VARIABLES, images),
+                               row_ramp(VARIABLES, images), atol=1e-7)
+    np.testing.assert_allclose(inference.with_flip_tta(row_ramp)(VARIABLES, images), 0.5, atol=1e-7)
+    seen = []
+    jax.jit(inference.with_flip_tta(lambda v, x: seen.append(x.shape) or column_ramp(v, x),
+                                    views=2))(VARIABLES, images)
+    assert seen == [(4, 5, 7, 1)]  # one model call on a 2x batch
+    with pytest.raises(ValueError, match="flip_views must be one of"):
+        inference.with_flip_tta(column_ramp, views=3)
 
 
 def test_transpose_tta_averages_the_image_and_its_transpose_of_any_shape():
@@ -134,7 +152,8 @@ def test_flip_and_transpose_tta_average_over_the_8_rotations_and_reflections():
             views.append(np.rot90(out, -turns))
     assert np.ptp(np.stack(views), axis=0).max() > 0.1  # the views do disagree
     predict = inference.make_predictor(LeftNeighbourModel(), ml_collections.ConfigDict(
-        {"method": "whole", "flip_tta": True, "transpose_tta": True, "scale": 1.0, "scale_tta": ()}))
+        {"method": "whole", "flip_tta": True, "flip_views": 4, "transpose_tta": True, "scale": 1.0,
+         "scale_tta": ()}))
     np.testing.assert_allclose(predict(VARIABLES, images)[0, :, :, 0], np.mean(views, axis=0), rtol=1e-5)
 
 
