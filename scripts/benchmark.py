@@ -377,10 +377,10 @@ def main(argv: list[str]) -> None:
           f"infer {reference['infer_img_per_s']} img/s; this step is {ratio['train']:.2f}x (train), "
           f"{ratio['infer']:.2f}x (infer)" if reference else f"reference: {reason}")
 
-    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features, args.conv, args.dtype,
-                                         args.flip_views)
-                     if args.sliding_window else None)
     flip_views = args.flip_views or drive_inference_config().inference.flip_views
+    drive_seconds = (drive_image_seconds(args.warmup, args.steps, args.features, args.conv, args.dtype,
+                                         flip_views)
+                     if args.sliding_window else None)
     print(f"DRIVE image (565x584, configs/drive.py inference: sliding window + {flip_views}-view flip TTA): "
           f"{drive_seconds:.3f} s" if drive_seconds is not None else "DRIVE image: not asked for (--sliding_window)")
 

@@ -56,8 +56,8 @@ struct Entry {
   memory::desc wei_user_md;              // hwio
   bool reorder_weights = false;
   dnnl::primitive wei_reorder;           // user -> primitive layout (fwd/bwd_data) or back (bwd_w)
-  bool reorder_activations = false;      // backward-weights only: src and diff_dst reordered in
-  dnnl::primitive src_reorder, dst_reorder;
+  bool reorder_activations = false;      // backward-weights only: src and diff_dst reordered
+  dnnl::primitive src_reorder, dst_reorder;  // from nhwc on every call (BlockedActivationsFaster)
   memory::desc scratch_md;
   std::string impl;
 };
