@@ -71,6 +71,33 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         end_value=train.learning_rate * train.end_lr_factor)
 
 
+def schedule_free_steps(config: ml_collections.ConfigDict) -> int:
+    """The steps whose updates do not depend on `config.train.num_steps`: the warm-up, and the
+    step after it (the cosine starts at its peak whatever its length). A time budget fixes
+    num_steps after them (`budgeted_num_steps`)."""
+    return config.train.warmup_steps + 1
+
+
+def budgeted_num_steps(budget_seconds: float, spent_seconds: float, step: int,
+                       step_seconds: float, max_steps: int) -> int:
+    """The last step a run can reach in `budget_seconds` of training, having reached `step` in
+    `spent_seconds` and taking `step_seconds` for each further step: at most `max_steps` (the
+    config's), and not below `step`, where it stands."""
+    affordable = int((budget_seconds - spent_seconds) // step_seconds)
+    return min(max_steps, step + max(affordable, 0))
+
+
+def check_time_budget(config: ml_collections.ConfigDict) -> None:
+    train = config.train
+    if train.time_budget_minutes < 0:
+        raise ValueError(f"config.train.time_budget_minutes must be >= 0 (0 = off), got "
+                         f"{train.time_budget_minutes}.")
+    if train.time_budget_minutes > 0 and train.warmup_steps < 1:
+        raise ValueError("config.train.time_budget_minutes > 0 times the warm-up steps to fit "
+                         "num_steps, so config.train.warmup_steps must be >= 1, got "
+                         f"{train.warmup_steps}.")
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """`config.train.optimizer` on the learning-rate schedule, after clipping the gradients to
     the global norm `config.train.grad_clip_norm` (0: no clipping, and the bare optimizer)."""
@@ -303,6 +330,7 @@ class Experiment:
         if config.task not in TASKS:
             raise ValueError(f"config.task must be one of {TASKS}, got {config.task!r}.")
         self.model = build_model(config)
+        check_time_budget(config)
         self.tx = make_optimizer(config)
         if config.task == "classification":
             self.class_names = class_names(self.builder, config)
@@ -331,12 +359,8 @@ class Experiment:
             functools.partial(create_train_state, self.model, self.tx, image_shape=image_shape,
                               ema=config.train.ema_decay > 0),
             out_shardings=replicated)(init_key)
-        self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx,
-                              batch_loss=self.batch_loss(), dropout_key=dropout_key,
-                              deep_supervision=config.train.deep_supervision,
-                              ema_decay=config.train.ema_decay),
-            donate_argnums=(0,), out_shardings=(replicated, replicated))
+        self.dropout_key = dropout_key
+        self.train_step = self._jit_train_step()
         if config.task == "classification":
             self.classification_eval_step = jax.jit(
                 functools.partial(classification_eval_step, model=self.model,
@@ -348,6 +372,23 @@ class Experiment:
                 raise ValueError(f"config.input.fov_diameter={config.input.fov_diameter} scales images "
                                  f"by their field of view, but dataset {config.dataset.name!r} has none; set it to 0.")
             self.segmentation_eval_steps = {}  # inference scale -> its jitted eval_step
+
+    def _jit_train_step(self) -> Callable:
+        replicated = parallel.replicated(self.mesh)
+        return jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx,
+                              batch_loss=self.batch_loss(), dropout_key=self.dropout_key,
+                              deep_supervision=self.config.train.deep_supervision,
+                              ema_decay=self.config.train.ema_decay),
+            donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+    def fit_schedule(self, num_steps: int) -> None:
+        """Sets `config.train.num_steps` and rebuilds the optimizer and train step for it. The
+        optimizer state keeps its structure (only the schedule's length changes), so a state
+        trained so far carries on under the new step."""
+        self.config.train.num_steps = num_steps
+        self.tx = make_optimizer(self.config)
+        self.train_step = self._jit_train_step()
 
     def batch_loss(self) -> Callable:
         if self.config.task == "segmentation":
@@ -546,6 +587,51 @@ def _console_progress(step: int, num_steps: int, loss: float, steps_per_second: 
                  if np.isfinite(eta_seconds) else "?")
 
 
+def resumed_time_budget(config: ml_collections.ConfigDict, run_info: dict, start_step: int,
+                        where: Path) -> dict | None:
+    """The schedule length a time budget fixed earlier in this run (`fit_time_budget`'s record
+    in the checkpoint's `run_info`), or None: budget off, or not fitted yet. Refuses a budget
+    switched on after the steps it would have timed: those followed num_steps' schedule."""
+    fit = run_info.get("time_budget")
+    if config.train.time_budget_minutes <= 0:
+        if fit is not None:
+            logging.info("%s was fitted to a time budget (num_steps %d); with "
+                         "config.train.time_budget_minutes=0 it trains config.train.num_steps=%d.",
+                         where, fit["num_steps"], config.train.num_steps)
+        return None
+    if fit is None and schedule_free_steps(config) <= start_step < config.train.num_steps:
+        raise ValueError(
+            f"config.train.time_budget_minutes={config.train.time_budget_minutes} fits num_steps at "
+            f"step {schedule_free_steps(config)}, the end of warm-up, but {where} resumes at step "
+            f"{start_step} without a fitted length: its steps followed the schedule of "
+            f"config.train.num_steps={config.train.num_steps}. Resume with "
+            "--config.train.time_budget_minutes=0, or train in another --workdir.")
+    return fit
+
+
+def fit_time_budget(config: ml_collections.ConfigDict, step: int, spent_seconds: float,
+                    step_clock: tuple[int, float] | None, now: float) -> dict:
+    """The record of fitting num_steps to `config.train.time_budget_minutes` at `step`, having
+    trained `spent_seconds`: steps timed since `step_clock` ((step, time) after this process's
+    first step), or, when this process started at `step`, the run's mean step so far."""
+    if step_clock is not None and step > step_clock[0]:
+        step_seconds, timed_steps = (now - step_clock[1]) / (step - step_clock[0]), step - step_clock[0]
+    else:  # compilation included: an overestimate, on the safe side of the budget
+        step_seconds, timed_steps = spent_seconds / step, step
+    if jax.process_count() > 1:  # every process must take the same number of steps
+        step_seconds, spent_seconds = (float(value) for value in multihost_utils.broadcast_one_to_all(
+            np.array([step_seconds, spent_seconds], np.float32)))
+    budget_minutes = config.train.time_budget_minutes
+    num_steps = budgeted_num_steps(budget_minutes * 60, spent_seconds, step, step_seconds,
+                                   config.train.num_steps)
+    logging.info("Time budget %g min: %d steps timed at %.3f s each, %.0f s spent by step %d -> "
+                 "num_steps %d (config.train.num_steps %d).", budget_minutes, timed_steps,
+                 step_seconds, spent_seconds, step, num_steps, config.train.num_steps)
+    return {"budget_minutes": budget_minutes, "fitted_at_step": step, "timed_steps": timed_steps,
+            "step_seconds": round(step_seconds, 4), "spent_seconds": round(spent_seconds, 2),
+            "configured_num_steps": config.train.num_steps, "num_steps": num_steps}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
@@ -556,16 +642,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     a fixed length in a chain would; the next run resumes. So does a run sent SIGTERM (a
     preemption notice): it finishes its step, saves a checkpoint and returns without the final
     evaluation. A non-finite loss or gradient raises NonFiniteError before anything computed
-    from it is saved.
+    from it is saved. With `config.train.time_budget_minutes`, num_steps is fitted to the budget
+    once warm-up ends (`fit_time_budget`) and kept in the checkpoints for resumed launches.
     """
     workdir = Path(workdir)
+    config = config.copy_and_resolve_references()  # a time budget changes its num_steps
     experiment = Experiment(config)
     resolution = experiment.training_resolution()  # refuses a bad setting before anything is written
     validation = experiment.eval_data(config.dataset.validation_split)
     manager = checkpoint.create_manager(workdir / "checkpoints", best_metric=config.checkpoint.best_metric,
                                         remove_partial=True)
     state, run_info = restore_or_initial(experiment, manager, manager.latest_step())
-    start_step, num_steps = int(state.step), config.train.num_steps
+    start_step = int(state.step)
+    budget_fit = resumed_time_budget(config, run_info, start_step, manager.directory)
+    if budget_fit is not None:
+        logging.info("num_steps %d, fitted to the time budget at step %d (recorded in %s).",
+                     budget_fit["num_steps"], budget_fit["fitted_at_step"], manager.directory)
+        experiment.fit_schedule(budget_fit["num_steps"])
+        experiment.run_info["time_budget"] = budget_fit
+    fit_pending = config.train.time_budget_minutes > 0 and budget_fit is None
+    num_steps = config.train.num_steps
     stop_step = min(num_steps, config.train.stop_at_step or num_steps)
     is_main_process = jax.process_index() == 0
     if is_main_process:
@@ -586,10 +682,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     unchecked = []  # the step metrics (on device) not yet checked to be finite
     last_metrics, preempted = None, False
     save_every = config.checkpoint.every_steps
+    step_clock = None  # (step, time) once this process's first step, compilation included, is done
     with checkpoint.PreemptionNotice() as preemption:
-        for step in range(start_step + 1, stop_step + 1):
+        while step < stop_step:
+            step += 1
             batch = parallel.to_global_batch(next(train_batches), experiment.mesh)
             state, step_metrics = experiment.train_step(state, batch)
+            if fit_pending and (step_clock is None or step == schedule_free_steps(config)):
+                jax.block_until_ready(state)
+                now = time.perf_counter()
+                if step == schedule_free_steps(config):
+                    budget_fit = fit_time_budget(config, step, train_seconds + now - interval_start,
+                                                 step_clock, now)
+                    experiment.fit_schedule(budget_fit["num_steps"])
+                    experiment.run_info["time_budget"] = budget_fit
+                    num_steps = config.train.num_steps
+                    stop_step = min(num_steps, config.train.stop_at_step or num_steps)
+                    schedule = learning_rate_schedule(config)
+                    if is_main_process:
+                        run_config.record_config(workdir, config)
+                    fit_pending = False
+                step_clock = step_clock or (step, now)
             interval_losses.append(step_metrics["loss"])
             unchecked.append(step_metrics)
             preempted = preemption.reached(step)
@@ -642,6 +755,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_metrics = experiment.evaluate(state, validation).metrics
     final = {**last_metrics, "step": step, "train_seconds": round(train_seconds, 2),
              "host_cpu": onednn_conv.host_cpu()}
+    if budget_fit is not None:
+        final["time_budget"] = budget_fit
     if is_main_process:
         io_utils.write_json(workdir / "metrics.json", final)
     logging.info("Final validation metrics (step %d) written to %s", step, workdir / "metrics.json")

@@ -181,9 +181,13 @@ def test_main_trains_with_two_processes_end_to_end(tfds_dir, vessel_builder, tmp
     common = [*one_process, f"--config.parallel.coordinator_address=127.0.0.1:{port}",
               "--config.parallel.num_processes=2", "--config.parallel.cpu_devices=1"]
     preview = ["--config.gradcam.tensorboard=True", "--config.gradcam.num_images=6"]
-    run_together([[*common, *preview, f"--config.parallel.process_id={index}"] for index in range(2)], tmp_path)
+    # A time budget is fitted on process 0's timing and broadcast: both processes take part.
+    budget = ["--config.train.time_budget_minutes=60"]
+    run_together([[*common, *preview, *budget, f"--config.parallel.process_id={index}"] for index in range(2)],
+                 tmp_path)
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 2
+    assert metrics["time_budget"]["fitted_at_step"] == 2 and metrics["time_budget"]["num_steps"] == 2
     assert metrics["num_examples"] == 8  # each process evaluated its own half of the split
     (event_file,) = workdir.glob("events.out.tfevents.*")  # only process 0 logs
 

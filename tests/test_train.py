@@ -97,6 +97,74 @@ def test_resumed_run_equals_uninterrupted_run(smoke_config, tmp_path, caplog):
     assert without_timing(rerun) == without_timing(straight)
 
 
+@pytest.mark.parametrize("spent_seconds, max_steps, expected", [
+    (10.0, 1000, 50),   # (100 - 10) s left at 2 s a step: 45 steps after step 5
+    (10.0, 30, 30),     # the config's num_steps caps it
+    (99.0, 1000, 5),    # not even one more step fits
+    (120.0, 1000, 5),   # already over: stop where it stands, never below
+])
+def test_budgeted_num_steps(spent_seconds, max_steps, expected):
+    assert train.budgeted_num_steps(100.0, spent_seconds, 5, 2.0, max_steps) == expected
+
+
+def test_a_time_budget_fits_num_steps_after_warm_up_and_that_length_reproduces_the_run(
+        smoke_config, tmp_path, monkeypatch):
+    fits = []
+    def fit_to_three(*args):
+        fits.append(args)
+        return 3
+    monkeypatch.setattr(train, "budgeted_num_steps", fit_to_three)
+    smoke_config.train.time_budget_minutes = 5.0
+    budgeted = train.train_and_evaluate(smoke_config, tmp_path / "budgeted")
+    (budget, spent, step, step_seconds, max_steps), = fits
+    assert (budget, step, max_steps) == (300.0, 2, 4)  # warm-up is 1 step: fitted after step 2
+    assert spent > 0 and step_seconds > 0
+    assert budgeted["step"] == 3
+    assert budgeted["time_budget"]["num_steps"] == 3 and budgeted["time_budget"]["configured_num_steps"] == 4
+    assert budgeted["time_budget"]["timed_steps"] == 1  # step 2, timed after step 1's compilation
+    assert json.loads((tmp_path / "budgeted" / "config.json").read_text())["train"]["num_steps"] == 3
+    assert json.loads((tmp_path / "budgeted" / "metrics.json").read_text())["time_budget"] == budgeted["time_budget"]
+
+    # Stopped before the fit, then resumed: this process starts at the fitting step.
+    smoke_config.train.stop_at_step = 1
+    train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    smoke_config.train.stop_at_step = 0
+    resumed = train.train_and_evaluate(smoke_config, tmp_path / "chained")
+    assert resumed["step"] == 3 and resumed["time_budget"]["timed_steps"] == 2  # the run's mean
+    assert len(fits) == 2
+
+    # Rerun once fitted, it keeps the recorded length and fits nothing again.
+    assert train.train_and_evaluate(smoke_config, tmp_path / "budgeted")["step"] == 3
+    assert len(fits) == 2
+
+    smoke_config.train.time_budget_minutes = 0.0
+    smoke_config.train.num_steps = 3
+    fixed = train.train_and_evaluate(smoke_config, tmp_path / "fixed")
+    assert without_timing(fixed) == without_timing({key: value for key, value in budgeted.items()
+                                                    if key != "time_budget"})
+    for workdir in ("budgeted", "chained"):
+        jax.tree.map(np.testing.assert_array_equal, saved_state(smoke_config, tmp_path / "fixed"),
+                     saved_state(smoke_config, tmp_path / workdir))
+
+
+def test_a_spent_time_budget_ends_the_run_at_the_end_of_warm_up(smoke_config, tmp_path):
+    smoke_config.train.time_budget_minutes = 1e-6
+    final = train.train_and_evaluate(smoke_config, tmp_path)
+    assert final["step"] == 2 and final["time_budget"]["num_steps"] == 2
+    assert (tmp_path / "eval" / "validation" / "metrics.json").exists()
+
+
+def test_a_time_budget_switched_on_after_warm_up_refuses_to_resume(smoke_config, tmp_path):
+    smoke_config.train.stop_at_step = 3
+    train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.train.update(stop_at_step=0, time_budget_minutes=5.0)
+    with pytest.raises(ValueError, match="resumes at step 3 without a fitted length.*time_budget_minutes=0"):
+        train.train_and_evaluate(smoke_config, tmp_path)
+    smoke_config.train.time_budget_minutes = -1.0
+    with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
+        train.Experiment(smoke_config)
+
+
 def nan_batch_at(train_batches, bad_step: int):
     """`pipeline.train_batches` whose batch for training step `bad_step` is all NaN pixels."""
     def batches(*args, start_step: int, **kwargs):
