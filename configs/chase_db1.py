@@ -3,9 +3,11 @@
 The DRIVE recipe (configs/drive.py: FOV patches, luminance/CLAHE/gamma, per-image standardisation,
 sliding-window + flip TTA inference, metrics inside the FOV, threshold chosen on validation) on
 CHASE_DB1's 999x960 images, on 96x96 patches (chosen when DRIVE's were 64x64; CHASE_DB1's
-vessels are wider). Measured 2026-11-27 (README, DRIVE and CHASE_DB1): validation AUC-ROC 0.9825,
-F1 0.790 at 0.5 (1391 s of training); on DRIVE's 20 training images 0.9698 at its default
-scale 1.7 (input.fov_diameter), 0.9435 as they are.
+vessels are wider). Measured 2026-11-27 with the DRIVE recipe of that day (width 8, dropout
+0.05, 6000 steps; README, DRIVE and CHASE_DB1): validation AUC-ROC 0.9825, F1 0.790 at 0.5
+(1391 s of training); on DRIVE's 20 training images 0.9698 at its default scale 1.7
+(input.fov_diameter), 0.9435 as they are. The config has since taken drive.py's width 16, no
+dropout, bfloat16 products, 7200 steps and 52-minute time budget; not rerun on CHASE_DB1 since.
 
 Usage:
   python -m retina_jax.main --config=configs/chase_db1.py --workdir=runs/chase_db1

@@ -111,7 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # >0: train for at most this many minutes (train_seconds: the steps, not the validations).
     # At the end of warm-up, the last step whose learning rate does not depend on num_steps, the
     # run times its steps and shortens num_steps to what fits, so the cosine still ends at zero;
-    # the count is recorded in checkpoints, config.json and metrics.json (train.fit_time_budget).
+    # the count is recorded in checkpoints, config.json and metrics.json (retina_jax/train.py,
+    # fit_time_budget).
     # 0 = off: exactly num_steps, whatever the host.
     config.train.time_budget_minutes = 0.0
     # Clip the gradients to this global L2 norm before the optimizer (optax.clip_by_global_norm);

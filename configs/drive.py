@@ -108,12 +108,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.num_steps = 7200
     # The hour, on any host: at step 101 (end of warm-up) the run times its steps and
     # trains as many of the 7200 as fit 52 minutes, on a cosine of that length (compilation,
-    # validations and the final evaluation take the rest of the hour). A host with AVX-512
-    # bfloat16 trains all 7200 (49-50 min). On an AVX2-only AMD EPYC (Zen 3) it fitted 3055
-    # (1.018 s a step over steps 2-101), trained them in 2966 s (50:42 wall with validations and
-    # the final evaluation) to validation AUC-ROC / best F1 0.9792 / 0.8182 (README, DRIVE). The
-    # count is recorded (metrics.json `time_budget`); `--config.train.time_budget_minutes=0`
-    # trains exactly num_steps.
+    # validations and the final evaluation take the rest of the hour). On a host with AVX-512
+    # bfloat16, 7200 steps took 2966-3176 s: it trains all or nearly all of them. On an
+    # AVX2-only AMD EPYC (Zen 3) it fitted 3055 (1.018 s a step over steps 2-101), trained them
+    # in 2966 s (50:42 wall with validations and the final evaluation) to validation AUC-ROC /
+    # best F1 0.9792 / 0.8182 (README, DRIVE). The count is recorded (metrics.json
+    # `time_budget`); `--config.train.time_budget_minutes=0` trains exactly num_steps.
     config.train.time_budget_minutes = 52.0
     # 3e-3 over 5e-3 and 2e-3 at the full 7200 steps (one seed each, the `:cross_camera` recipe):
     # validation AUC-ROC / best F1 0.9796 / 0.8183 and 0.9796 / 0.8178, against 0.9799 / 0.8194 and
