@@ -382,13 +382,15 @@ class Experiment:
                               ema_decay=self.config.train.ema_decay),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
 
-    def fit_schedule(self, num_steps: int) -> None:
-        """Sets `config.train.num_steps` and rebuilds the optimizer and train step for it. The
-        optimizer state keeps its structure (only the schedule's length changes), so a state
-        trained so far carries on under the new step."""
-        self.config.train.num_steps = num_steps
+    def apply_time_budget(self, budget_fit: dict) -> None:
+        """Takes the fitted `num_steps` of `budget_fit` (`fit_time_budget`'s record) into the
+        config, rebuilds the optimizer and train step for it and records the fit with the
+        checkpoints' run info. The optimizer state keeps its structure (only the schedule's
+        length changes), so a state trained so far carries on under the new step."""
+        self.config.train.num_steps = budget_fit["num_steps"]
         self.tx = make_optimizer(self.config)
         self.train_step = self._jit_train_step()
+        self.run_info["time_budget"] = budget_fit
 
     def batch_loss(self) -> Callable:
         if self.config.task == "segmentation":
@@ -587,6 +589,11 @@ def _console_progress(step: int, num_steps: int, loss: float, steps_per_second: 
                  if np.isfinite(eta_seconds) else "?")
 
 
+def last_step(config: ml_collections.ConfigDict) -> int:
+    """The step this launch trains to: num_steps, or `train.stop_at_step` if earlier."""
+    return min(config.train.num_steps, config.train.stop_at_step or config.train.num_steps)
+
+
 def resumed_time_budget(config: ml_collections.ConfigDict, run_info: dict, start_step: int,
                         where: Path) -> dict | None:
     """The schedule length a time budget fixed earlier in this run (`fit_time_budget`'s record
@@ -658,11 +665,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if budget_fit is not None:
         logging.info("num_steps %d, fitted to the time budget at step %d (recorded in %s).",
                      budget_fit["num_steps"], budget_fit["fitted_at_step"], manager.directory)
-        experiment.fit_schedule(budget_fit["num_steps"])
-        experiment.run_info["time_budget"] = budget_fit
+        experiment.apply_time_budget(budget_fit)
     fit_pending = config.train.time_budget_minutes > 0 and budget_fit is None
-    num_steps = config.train.num_steps
-    stop_step = min(num_steps, config.train.stop_at_step or num_steps)
+    fit_step = schedule_free_steps(config)
+    num_steps, stop_step = config.train.num_steps, last_step(config)
     is_main_process = jax.process_index() == 0
     if is_main_process:
         run_config.record_config(workdir, config)
@@ -688,16 +694,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step += 1
             batch = parallel.to_global_batch(next(train_batches), experiment.mesh)
             state, step_metrics = experiment.train_step(state, batch)
-            if fit_pending and (step_clock is None or step == schedule_free_steps(config)):
+            if fit_pending and (step_clock is None or step == fit_step):
                 jax.block_until_ready(state)
                 now = time.perf_counter()
-                if step == schedule_free_steps(config):
+                if step == fit_step:
                     budget_fit = fit_time_budget(config, step, train_seconds + now - interval_start,
                                                  step_clock, now)
-                    experiment.fit_schedule(budget_fit["num_steps"])
-                    experiment.run_info["time_budget"] = budget_fit
-                    num_steps = config.train.num_steps
-                    stop_step = min(num_steps, config.train.stop_at_step or num_steps)
+                    experiment.apply_time_budget(budget_fit)
+                    num_steps, stop_step = config.train.num_steps, last_step(config)
                     schedule = learning_rate_schedule(config)
                     if is_main_process:
                         run_config.record_config(workdir, config)
